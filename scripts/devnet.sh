@@ -1,0 +1,628 @@
+#!/usr/bin/env bash
+# Run a local ZeroState devnet: N nodes on 127.0.0.1, all bootstrapping from
+# node 1, plus the files a local Prometheus needs to scrape them.
+#
+# See `scripts/devnet.sh help`.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+REPO_ROOT="$(cd -- "$SCRIPT_DIR/.." && pwd -P)"
+PROG="${0##*/}"
+
+DEVNET_DIR="${DEVNET_DIR:-$REPO_ROOT/.devnet}"
+DEVNET_TIMEOUT="${DEVNET_TIMEOUT:-60}"
+DEVNET_STOP_TIMEOUT="${DEVNET_STOP_TIMEOUT:-10}"
+DEVNET_SCRAPE_INTERVAL="${DEVNET_SCRAPE_INTERVAL:-5s}"
+RULES_FILE="$REPO_ROOT/config/prometheus/rules.yml"
+LOG_TAIL_LINES=40
+
+usage() {
+    cat <<EOF
+Usage: $PROG <command> [args]
+
+Run a local ZeroState devnet on 127.0.0.1.
+
+Commands:
+  up [N]    Start N nodes (default 3). Node 1 starts first; nodes 2..N
+            bootstrap from it. Waits until every node's /ready returns 200,
+            then writes nodes.json, targets.json (Prometheus file_sd) and
+            prometheus.yml into the devnet directory.
+  status    Show each node: process alive, /ready, peer id, metrics URL.
+            Exits 0 if every node is alive and ready, 1 otherwise.
+  down      SIGTERM the devnet's nodes (only pids that are still this
+            devnet's zerostate processes), SIGKILL what is left after
+            ${DEVNET_STOP_TIMEOUT}s. Safe to run repeatedly.
+  help      Show this text.
+
+Environment:
+  ZEROSTATE_BIN           zerostate binary to run. If unset, 'up' runs
+                          'cargo build --release --bin zerostate' in the repo
+                          and uses target/release/zerostate.
+  DEVNET_DIR              devnet directory (default: <repo>/.devnet, now
+                          $DEVNET_DIR). Node i uses DEVNET_DIR/node-i as its
+                          data dir and DEVNET_DIR/node-i/node.log as its log.
+  DEVNET_TIMEOUT          seconds 'up' waits for the nodes (default 60)
+  DEVNET_STOP_TIMEOUT     seconds 'down' waits before SIGKILL (default 10)
+  DEVNET_SCRAPE_INTERVAL  Prometheus scrape interval (default 5s)
+  ZEROSTATE_LOG           node log filter (default info)
+  ZEROSTATE_CONFIG        optional config file passed through to the nodes
+
+Requires: bash, curl, jq.
+EOF
+}
+
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+info() { printf '%s\n' "$*"; }
+
+need() {
+    local cmd
+    for cmd in "$@"; do
+        command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' is required but not installed"
+    done
+}
+
+# --- process helpers ---------------------------------------------------------
+
+# pid_is_node PID DATA_DIR [BIN]
+# True if PID is a live (non-zombie) `zerostate node` process using DATA_DIR.
+# Pids get reused, so this is checked before every signal: argv[0] must be BIN
+# (or, if BIN is unknown or "-", a file named zerostate*), argv[1] must be
+# `node`, and the arguments must contain `--data-dir DATA_DIR`.
+pid_is_node() {
+    local pid="$1" data_dir="$2" bin="${3:-}"
+    [[ "$bin" != - ]] || bin=""
+    local -a argv=()
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    if [[ -r "/proc/$pid/cmdline" ]]; then
+        mapfile -d '' -t argv 2>/dev/null <"/proc/$pid/cmdline" || return 1
+    else
+        return 1
+    fi
+    ((${#argv[@]} >= 2)) || return 1 # zombies and kernel threads have none
+    if [[ -n "$bin" ]]; then
+        [[ "${argv[0]}" == "$bin" ]] || return 1
+    else
+        [[ "${argv[0]##*/}" == zerostate* ]] || return 1
+    fi
+    [[ "${argv[1]}" == node ]] || return 1
+    local i
+    for ((i = 2; i < ${#argv[@]}; i++)); do
+        if [[ "${argv[i]}" == "--data-dir=$data_dir" ]]; then
+            return 0
+        fi
+        if [[ "${argv[i]}" == --data-dir ]] && ((i + 1 < ${#argv[@]})) &&
+            [[ "${argv[i + 1]}" == "$data_dir" ]]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# pid_has_cmdline PID: true if PID is a live process other than a zombie.
+# (/proc files report size 0, so read it rather than test -s.)
+pid_has_cmdline() {
+    [[ "$1" =~ ^[0-9]+$ ]] || return 1
+    [[ -n "$(tr -d '\0' 2>/dev/null <"/proc/$1/cmdline")" ]]
+}
+
+# child_alive PID: true if PID exists and is not a zombie. Only used for this
+# script's own children (the launch pids), whose pids cannot be reused before
+# this script reaps them, and which may still be env/setsid/nohup on the way
+# to exec'ing the node.
+child_alive() {
+    local stat
+    [[ "$1" =~ ^[0-9]+$ ]] || return 1
+    stat="$(cat 2>/dev/null <"/proc/$1/stat")" || return 1
+    stat="${stat##*) }"
+    [[ "${stat:0:1}" != Z ]]
+}
+
+# The devnet's nodes as lines "name<TAB>pid<TAB>data_dir<TAB>bin", from
+# nodes.json, or if that is missing (an 'up' that died half-way) from the
+# node.json files the nodes wrote themselves. No field may be empty (read
+# collapses adjacent tabs): an unknown bin is "-".
+list_nodes() {
+    if [[ -f "$DEVNET_DIR/nodes.json" ]]; then
+        jq -r '.[] | [.name, (.pid | tostring), .data_dir, (.bin // "-")] | @tsv' \
+            "$DEVNET_DIR/nodes.json"
+        return
+    fi
+    local f dir
+    for f in "$DEVNET_DIR"/node-*/node.json; do
+        [[ -f "$f" ]] || continue
+        dir="${f%/node.json}"
+        jq -r --arg name "${dir##*/}" --arg dir "$dir" \
+            '[$name, (.pid | tostring), $dir, "-"] | @tsv' "$f" 2>/dev/null || true
+    done
+}
+
+# stop_pids TIMEOUT (lines "name<TAB>pid<TAB>data_dir<TAB>bin" on stdin)
+# SIGTERM each pid that is still its node, wait up to TIMEOUT seconds, then
+# SIGKILL the survivors. Prints one line per node. Returns 1 if any survive.
+stop_pids() {
+    local timeout="$1"
+    local -a names=() pids=() dirs=() bins=() pending=()
+    local name pid dir bin _rest i
+    while IFS=$'\t' read -r name pid dir bin _rest; do
+        [[ -n "$name" ]] || continue
+        names+=("$name") pids+=("$pid") dirs+=("$dir") bins+=("$bin")
+    done
+
+    for i in "${!names[@]}"; do
+        if pid_is_node "${pids[i]}" "${dirs[i]}" "${bins[i]}"; then
+            if kill -TERM "${pids[i]}" 2>/dev/null; then
+                pending+=("$i")
+                continue
+            fi
+        fi
+        if pid_has_cmdline "${pids[i]}"; then
+            info "  ${names[i]} (pid ${pids[i]}): pid now belongs to another process, left alone"
+        else
+            info "  ${names[i]} (pid ${pids[i]}): not running"
+        fi
+    done
+    ((${#pending[@]} > 0)) || return 0
+
+    local deadline=$((SECONDS + timeout)) still
+    while :; do
+        still=()
+        for i in "${pending[@]}"; do
+            if pid_is_node "${pids[i]}" "${dirs[i]}" "${bins[i]}"; then
+                still+=("$i")
+            else
+                info "  ${names[i]} (pid ${pids[i]}): stopped (SIGTERM)"
+            fi
+        done
+        pending=("${still[@]+"${still[@]}"}")
+        ((${#pending[@]} > 0)) || return 0
+        ((SECONDS < deadline)) || break
+        sleep 0.2
+    done
+
+    local rc=0
+    for i in "${pending[@]}"; do
+        if pid_is_node "${pids[i]}" "${dirs[i]}" "${bins[i]}"; then
+            kill -KILL "${pids[i]}" 2>/dev/null || true
+            sleep 0.2
+            if pid_is_node "${pids[i]}" "${dirs[i]}" "${bins[i]}"; then
+                info "  ${names[i]} (pid ${pids[i]}): STILL RUNNING after SIGKILL"
+                rc=1
+            else
+                info "  ${names[i]} (pid ${pids[i]}): killed (SIGKILL after ${timeout}s)"
+            fi
+        else
+            info "  ${names[i]} (pid ${pids[i]}): stopped (SIGTERM)"
+        fi
+    done
+    return "$rc"
+}
+
+# table: align tab-separated lines into columns (plain tabs without `column`).
+table() {
+    if command -v column >/dev/null 2>&1; then
+        column -t -s $'\t'
+    else
+        cat
+    fi
+}
+
+# http_code URL: the HTTP status of GET URL, or 000 if nothing answered.
+http_code() {
+    curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true
+}
+
+# --- up ----------------------------------------------------------------------
+
+LAUNCHED=()     # "name<TAB>pid" of the processes this run started (its children)
+STARTED=()      # "name<TAB>pid<TAB>data_dir<TAB>bin" of nodes whose own pid differs
+UP_DONE=0
+
+# EXIT trap of 'up': if it did not finish, stop everything it started. The
+# launched processes are this script's unreaped children, so their pids cannot
+# have been reused and are safe to signal, even before they exec'd the node.
+cleanup_failed_up() {
+    local rc=$? entry name pid deadline
+    local -a signalled=()
+    ((UP_DONE == 0)) || return 0
+    for entry in "${LAUNCHED[@]+"${LAUNCHED[@]}"}"; do
+        pid="${entry##*$'\t'}"
+        if child_alive "$pid" && kill -TERM "$pid" 2>/dev/null; then
+            signalled+=("$entry")
+        fi
+    done
+    if ((${#signalled[@]} + ${#STARTED[@]} > 0)); then
+        info "Stopping the nodes this run started:" >&2
+    fi
+    deadline=$((SECONDS + 5))
+    for entry in "${signalled[@]+"${signalled[@]}"}"; do
+        name="${entry%%$'\t'*}" pid="${entry##*$'\t'}"
+        while child_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+        if child_alive "$pid"; then
+            kill -KILL "$pid" 2>/dev/null || true
+            info "  $name (pid $pid): killed (SIGKILL)" >&2
+        else
+            info "  $name (pid $pid): stopped (SIGTERM)" >&2
+        fi
+    done
+    if ((${#STARTED[@]} > 0)); then
+        printf '%s\n' "${STARTED[@]}" | stop_pids 5 >&2 || true
+    fi
+    exit "$((rc == 0 ? 1 : rc))"
+}
+
+show_log_tail() {
+    local name="$1" log="$2"
+    printf '\n--- last %d lines of %s (%s) ---\n' "$LOG_TAIL_LINES" "$name" "$log" >&2
+    tail -n "$LOG_TAIL_LINES" "$log" >&2 2>/dev/null || printf '(no log)\n' >&2
+    printf -- '--- end of %s log ---\n\n' "$name" >&2
+}
+
+resolve_bin() {
+    local bin
+    if [[ -n "${ZEROSTATE_BIN:-}" ]]; then
+        bin="$(command -v -- "$ZEROSTATE_BIN" 2>/dev/null)" ||
+            die "ZEROSTATE_BIN=$ZEROSTATE_BIN: not found or not executable"
+    else
+        need cargo
+        info "Building zerostate (cargo build --release --bin zerostate) ..." >&2
+        (cd "$REPO_ROOT" && cargo build --release --bin zerostate) >&2 ||
+            die "cargo build failed"
+        bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/zerostate"
+        [[ "$bin" == /* ]] || bin="$REPO_ROOT/$bin"
+    fi
+    [[ -x "$bin" && -f "$bin" ]] || die "$bin is not an executable file"
+    # An absolute, canonical path: pid_is_node compares it with argv[0].
+    (cd -- "$(dirname -- "$bin")" && printf '%s/%s\n' "$(pwd -P)" "$(basename -- "$bin")")
+}
+
+# start_node INDEX [BOOTSTRAP_ADDR]: start node INDEX in the background and
+# record it in STARTED. Sets NODE_PID.
+start_node() {
+    local idx="$1" bootstrap="${2:-}"
+    local dir="$DEVNET_DIR/node-$idx"
+    local -a args=(node
+        --data-dir "$dir"
+        --listen /ip4/127.0.0.1/tcp/0
+        --listen /ip4/127.0.0.1/udp/0/quic-v1
+        --http 127.0.0.1:0)
+    [[ -z "$bootstrap" ]] || args+=(--bootstrap "$bootstrap")
+    mkdir -p "$dir"
+    # setsid + nohup: the node gets its own session and outlives this script
+    # and its terminal. (This script runs without job control, so the
+    # background job is no process group leader and setsid execs in place
+    # instead of forking: $! is the node's pid. node.json's pid is used later.) The flags above win over ZEROSTATE_* variables; the
+    # ones the script owns are cleared so nothing leaks in from the caller.
+    env -u ZEROSTATE_LISTEN -u ZEROSTATE_BOOTSTRAP -u ZEROSTATE_HTTP \
+        -u ZEROSTATE_DATA_DIR \
+        ZEROSTATE_ALLOW_PRIVATE_ADDRS=true \
+        ZEROSTATE_LOG="${ZEROSTATE_LOG:-info}" \
+        setsid nohup "$BIN" "${args[@]}" </dev/null >>"$dir/node.log" 2>&1 &
+    NODE_PID=$!
+    disown "$NODE_PID" 2>/dev/null || true # no job-status chatter from bash
+    LAUNCHED+=("$(printf 'node-%s\t%s' "$idx" "$NODE_PID")")
+}
+
+# node_json_pid INDEX: the pid node INDEX wrote into its node.json (empty if none).
+node_json_pid() {
+    jq -r '.pid // empty' "$DEVNET_DIR/node-$1/node.json" 2>/dev/null || true
+}
+
+# wait_node_json INDEX LAUNCH_PID DEADLINE: wait until node INDEX has written a
+# node.json with a peer id, an HTTP address and a TCP listen address. Fails
+# (with the log tail) if the process exits or the deadline passes.
+wait_node_json() {
+    local idx="$1" launch_pid="$2" deadline="$3"
+    local dir="$DEVNET_DIR/node-$idx" f="$DEVNET_DIR/node-$idx/node.json"
+    while :; do
+        if [[ -f "$f" ]] && jq -e '
+                (.peer_id | type == "string") and (.http | type == "string")
+                and any(.listen_addrs[]?; test("/tcp/[0-9]+(/p2p/[^/]+)?$"))' \
+                "$f" >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! child_alive "$launch_pid"; then
+            local pid
+            pid="$(node_json_pid "$idx")"
+            if [[ -z "$pid" ]] || ! pid_is_node "$pid" "$dir" "$BIN"; then
+                show_log_tail "node-$idx" "$dir/node.log"
+                die "node-$idx exited before it wrote $f"
+            fi
+        fi
+        if ((SECONDS >= deadline)); then
+            show_log_tail "node-$idx" "$dir/node.log"
+            die "node-$idx did not write a node.json with a TCP listen address within ${DEVNET_TIMEOUT}s"
+        fi
+        sleep 0.2
+    done
+}
+
+# bootstrap_addr INDEX: node INDEX's TCP listen address with /p2p/<peer id>.
+bootstrap_addr() {
+    jq -r '
+        .peer_id as $id
+        | [.listen_addrs[] | select(test("/tcp/[0-9]+(/p2p/[^/]+)?$"))][0]
+        | if test("/p2p/") then . else . + "/p2p/" + $id end' \
+        "$DEVNET_DIR/node-$1/node.json"
+}
+
+# devnet_running: true if any node recorded in DEVNET_DIR is still running.
+devnet_running() {
+    local name pid dir bin _rest
+    while IFS=$'\t' read -r name pid dir bin _rest; do
+        [[ -n "$name" ]] || continue
+        if pid_is_node "$pid" "$dir" "$bin"; then
+            RUNNING_DESC="$name (pid $pid)"
+            return 0
+        fi
+    done < <(list_nodes)
+    return 1
+}
+
+yaml_str() { jq -rn --arg s "$1" '$s | @json'; }
+
+write_outputs() {
+    local n="$1" i dir entries=()
+    for ((i = 1; i <= n; i++)); do
+        dir="$DEVNET_DIR/node-$i"
+        entries+=("$(jq -c \
+            --argjson index "$i" --arg name "node-$i" --arg data_dir "$dir" \
+            --arg log "$dir/node.log" --arg bin "$BIN" '
+            .peer_id as $id
+            | {
+                index: $index,
+                name: $name,
+                peer_id: $id,
+                multiaddrs: [.listen_addrs[]? | if test("/p2p/") then . else . + "/p2p/" + $id end],
+                http: .http,
+                metrics_url: ("http://" + .http + "/metrics"),
+                pid: .pid,
+                version: .version,
+                data_dir: $data_dir,
+                log: $log,
+                bin: $bin
+              }' "$dir/node.json")")
+    done
+
+    printf '%s\n' "${entries[@]}" | jq -s '.' >"$DEVNET_DIR/nodes.json.tmp"
+    mv -f "$DEVNET_DIR/nodes.json.tmp" "$DEVNET_DIR/nodes.json"
+
+    # Prometheus file_sd: one group per node so each target gets its own
+    # `node` label. (No `peer_id` target label: economic metrics carry their
+    # own peer_id label, which a target label would rename to exported_peer_id.)
+    jq '[.[] | {targets: [.http], labels: {devnet: "zerostate", node: .name}}]' \
+        "$DEVNET_DIR/nodes.json" >"$DEVNET_DIR/targets.json.tmp"
+    mv -f "$DEVNET_DIR/targets.json.tmp" "$DEVNET_DIR/targets.json"
+
+    cat >"$DEVNET_DIR/prometheus.yml.tmp" <<EOF
+# Generated by scripts/devnet.sh for the devnet in this directory.
+global:
+  scrape_interval: $DEVNET_SCRAPE_INTERVAL
+  evaluation_interval: $DEVNET_SCRAPE_INTERVAL
+
+rule_files:
+  - $(yaml_str "$RULES_FILE")
+
+scrape_configs:
+  - job_name: zerostate
+    file_sd_configs:
+      - files:
+          - $(yaml_str "$DEVNET_DIR/targets.json")
+EOF
+    mv -f "$DEVNET_DIR/prometheus.yml.tmp" "$DEVNET_DIR/prometheus.yml"
+}
+
+print_summary() {
+    local env_prefix=""
+    [[ "$DEVNET_DIR" == "$REPO_ROOT/.devnet" ]] || env_prefix="DEVNET_DIR=$(printf '%q' "$DEVNET_DIR") "
+    info ""
+    info "Devnet is up in $DEVNET_DIR"
+    info ""
+    {
+        printf 'NODE\tPEER ID\tMETRICS\n'
+        jq -r '.[] | [.name, .peer_id, .metrics_url] | @tsv' "$DEVNET_DIR/nodes.json"
+    } | table
+    info ""
+    info "Node details: $DEVNET_DIR/nodes.json   logs: $DEVNET_DIR/node-<i>/node.log"
+    info ""
+    info "Scrape it with Prometheus:"
+    info "  prometheus --config.file=$DEVNET_DIR/prometheus.yml \\"
+    info "    --storage.tsdb.path=$DEVNET_DIR/prometheus-data \\"
+    info "    --web.listen-address=127.0.0.1:9090"
+    info ""
+    info "Check it:  ${env_prefix}$SCRIPT_DIR/devnet.sh status"
+    info "Stop it:   ${env_prefix}$SCRIPT_DIR/devnet.sh down"
+}
+
+cmd_up() {
+    local n="${1:-3}"
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "up: node count must be a positive integer, got '$n'"
+    [[ "$DEVNET_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "DEVNET_TIMEOUT must be a positive integer (seconds)"
+    [[ "$DEVNET_SCRAPE_INTERVAL" =~ ^([0-9]+(ms|s|m|h|d|w|y))+$ ]] ||
+        die "DEVNET_SCRAPE_INTERVAL must be a Prometheus duration such as 5s, got '$DEVNET_SCRAPE_INTERVAL'"
+    need curl jq setsid nohup
+
+    mkdir -p "$DEVNET_DIR"
+    DEVNET_DIR="$(cd -- "$DEVNET_DIR" && pwd -P)"
+
+    RUNNING_DESC=""
+    if devnet_running; then
+        die "a devnet is still running in $DEVNET_DIR ($RUNNING_DESC). Stop it first: $PROG down"
+    fi
+
+    BIN="$(resolve_bin)"
+    "$BIN" node --help >/dev/null 2>&1 || die "'$BIN node --help' failed; is this a zerostate binary?"
+
+    # Stale state from an earlier devnet (nothing of it is running).
+    rm -rf -- "$DEVNET_DIR"/node-[0-9]*
+    rm -f -- "$DEVNET_DIR"/nodes.json "$DEVNET_DIR"/targets.json "$DEVNET_DIR"/prometheus.yml
+
+    trap cleanup_failed_up EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    local deadline=$((SECONDS + DEVNET_TIMEOUT)) i boot
+    local -a launch_pids=()
+
+    info "Starting node-1 ..."
+    start_node 1
+    launch_pids[1]=$NODE_PID
+    wait_node_json 1 "${launch_pids[1]}" "$deadline"
+    boot="$(bootstrap_addr 1)"
+    info "  bootstrap address: $boot"
+
+    if ((n > 1)); then
+        info "Starting node-2 .. node-$n ..."
+        for ((i = 2; i <= n; i++)); do
+            start_node "$i" "$boot"
+            launch_pids[i]=$NODE_PID
+        done
+        for ((i = 2; i <= n; i++)); do
+            wait_node_json "$i" "${launch_pids[i]}" "$deadline"
+        done
+    fi
+
+    # From here on, use the pid each node reported itself.
+    local -a pids=()
+    for ((i = 1; i <= n; i++)); do
+        pids[i]="$(node_json_pid "$i")"
+        [[ -n "${pids[i]}" ]] || pids[i]=${launch_pids[i]}
+        if [[ "${pids[i]}" != "${launch_pids[i]}" ]]; then
+            STARTED+=("$(printf 'node-%s\t%s\t%s\t%s' "$i" "${pids[i]}" "$DEVNET_DIR/node-$i" "$BIN")")
+        fi
+    done
+
+    info "Waiting for /ready on all $n nodes (up to ${DEVNET_TIMEOUT}s in total) ..."
+    local -a ready=()
+    local all http code
+    while :; do
+        all=1
+        for ((i = 1; i <= n; i++)); do
+            [[ "${ready[i]:-0}" == 1 ]] && continue
+            if ! pid_is_node "${pids[i]}" "$DEVNET_DIR/node-$i" "$BIN"; then
+                show_log_tail "node-$i" "$DEVNET_DIR/node-$i/node.log"
+                die "node-$i (pid ${pids[i]}) exited before it became ready"
+            fi
+            http="$(jq -r '.http' "$DEVNET_DIR/node-$i/node.json")"
+            code="$(http_code "http://$http/ready")"
+            if [[ "$code" == 200 ]]; then
+                ready[i]=1
+                info "  node-$i ready"
+            else
+                all=0
+            fi
+        done
+        ((all == 1)) && break
+        if ((SECONDS >= deadline)); then
+            for ((i = 1; i <= n; i++)); do
+                if [[ "${ready[i]:-0}" != 1 ]]; then
+                    http="$(jq -r '.http' "$DEVNET_DIR/node-$i/node.json")"
+                    info "node-$i: GET http://$http/ready -> $(http_code "http://$http/ready")" >&2
+                    show_log_tail "node-$i" "$DEVNET_DIR/node-$i/node.log"
+                fi
+            done
+            die "not every node became ready within ${DEVNET_TIMEOUT}s"
+        fi
+        sleep 0.5
+    done
+
+    # Re-read node.json now: listen addresses (e.g. QUIC) may have been added.
+    write_outputs "$n"
+    UP_DONE=1
+    trap - EXIT INT TERM
+    print_summary
+}
+
+# --- status / down -----------------------------------------------------------
+
+require_devnet() {
+    if [[ ! -d "$DEVNET_DIR" ]]; then
+        info "No devnet in $DEVNET_DIR (directory does not exist). Start one with: $PROG up"
+        exit 1
+    fi
+    DEVNET_DIR="$(cd -- "$DEVNET_DIR" && pwd -P)"
+}
+
+cmd_status() {
+    need curl jq
+    require_devnet
+    if [[ ! -f "$DEVNET_DIR/nodes.json" ]]; then
+        info "No devnet in $DEVNET_DIR (no nodes.json). Start one with: $PROG up"
+        exit 1
+    fi
+    local name pid dir bin peer url http alive code ready all_up=1
+    local rows=$'NODE\tPID\tPROCESS\tREADY\tPEER ID\tMETRICS\n'
+    while IFS=$'\t' read -r name pid dir bin peer http url; do
+        if pid_is_node "$pid" "$dir" "$bin"; then
+            alive=alive
+            code="$(http_code "http://$http/ready")"
+            case "$code" in
+                200) ready=ready ;;
+                000) ready="no answer"; all_up=0 ;;
+                *) ready="not ready ($code)"; all_up=0 ;;
+            esac
+        else
+            alive=dead ready=- all_up=0
+        fi
+        rows+="$(printf '%s\t%s\t%s\t%s\t%s\t%s' "$name" "$pid" "$alive" "$ready" "$peer" "$url")"$'\n'
+    done < <(jq -r '.[] | [.name, (.pid | tostring), .data_dir, (.bin // "-"),
+                           .peer_id, .http, .metrics_url] | @tsv' "$DEVNET_DIR/nodes.json")
+    printf '%s' "$rows" | table
+    if ((all_up == 1)); then
+        info "All nodes are up."
+        return 0
+    fi
+    info "Some nodes are not up (logs: $DEVNET_DIR/node-<i>/node.log)."
+    return 1
+}
+
+cmd_down() {
+    need jq
+    [[ "$DEVNET_STOP_TIMEOUT" =~ ^[0-9]+$ ]] || die "DEVNET_STOP_TIMEOUT must be a whole number of seconds"
+    if [[ ! -d "$DEVNET_DIR" ]]; then
+        info "No devnet in $DEVNET_DIR; nothing to stop."
+        return 0
+    fi
+    DEVNET_DIR="$(cd -- "$DEVNET_DIR" && pwd -P)"
+    local nodes
+    nodes="$(list_nodes)"
+    if [[ -z "$nodes" ]]; then
+        info "No devnet nodes recorded in $DEVNET_DIR; nothing to stop."
+        return 0
+    fi
+    info "Stopping the devnet in $DEVNET_DIR:"
+    if printf '%s\n' "$nodes" | stop_pids "$DEVNET_STOP_TIMEOUT"; then
+        info "Done."
+    else
+        die "some nodes could not be stopped"
+    fi
+}
+
+# --- main --------------------------------------------------------------------
+
+main() {
+    local cmd="${1:-help}"
+    (($# == 0)) || shift
+    case "$cmd" in
+        up)
+            (($# <= 1)) || die "up takes at most one argument (the node count)"
+            cmd_up "$@"
+            ;;
+        status)
+            (($# == 0)) || die "status takes no arguments"
+            cmd_status
+            ;;
+        down)
+            (($# == 0)) || die "down takes no arguments"
+            cmd_down
+            ;;
+        help | -h | --help)
+            usage
+            ;;
+        *)
+            usage >&2
+            die "unknown command '$cmd'"
+            ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,673 @@
+//! Node configuration: defaults, the TOML file, `ZEROSTATE_*` environment variables and
+//! command-line flags, merged with the precedence flag > env > file > default.
+//!
+//! Every key of [`Config`] can be set in the file (`config/default.toml` lists them all), and
+//! through an environment variable named `ZEROSTATE_` + the key path in upper case with `.`
+//! replaced by `_` (e.g. `api.max_connections` -> `ZEROSTATE_API_MAX_CONNECTIONS`). List keys
+//! take a comma-separated value in the environment.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable that sets a config key.
+pub const ENV_PREFIX: &str = "ZEROSTATE_";
+
+/// The whole node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Multiaddrs the swarm listens on (TCP and QUIC).
+    #[serde(with = "multiaddr_list")]
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers; each multiaddr ends in `/p2p/<peer id>`.
+    #[serde(with = "multiaddr_list")]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Address of the HTTP server (`/metrics`, `/health`, `/ready`, `/api/...`).
+    pub http: SocketAddr,
+    /// Directory for the identity key, the API token and node state.
+    pub data_dir: PathBuf,
+    /// Bearer token for state-changing API calls; empty means "generate one into the data dir".
+    pub api_token: String,
+    /// Accept private, loopback and link-local addresses that peers announce (a local devnet
+    /// needs this; on a public network leave it off).
+    pub allow_private_addrs: bool,
+    /// `tracing` filter directive, e.g. `info` or `zerostate=debug,libp2p=info`.
+    pub log: String,
+    /// Connection limits of the swarm.
+    pub limits: LimitsConfig,
+    /// Peer discovery: bootstrap redial and Kademlia walks.
+    pub discovery: DiscoveryConfig,
+    /// The HTTP server's protections.
+    pub api: ApiConfig,
+    /// Liveness checks of connected peers.
+    pub monitor: MonitorConfig,
+}
+
+/// Peer liveness settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Interval between pings to each connected peer, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// A ping without answer after this many milliseconds counts as a failure.
+    pub ping_timeout_ms: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 15_000,
+            ping_timeout_ms: 20_000,
+        }
+    }
+}
+
+/// Connection limits (see `libp2p::connection_limits`). Bootstrap peers bypass them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Incoming connections still in the handshake.
+    pub max_pending_incoming: u32,
+    /// Outgoing connections still in the handshake.
+    pub max_pending_outgoing: u32,
+    /// Established incoming connections.
+    pub max_established_incoming: u32,
+    /// Established outgoing connections.
+    pub max_established_outgoing: u32,
+    /// Established connections in total.
+    pub max_established_total: u32,
+    /// Established connections to one peer (TCP and QUIC may both be up).
+    pub max_established_per_peer: u32,
+    /// Seconds a connection with no active protocol stays open.
+    pub idle_connection_timeout_secs: u64,
+}
+
+/// Discovery settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// First delay before redialing a bootstrap peer that failed or went away, in milliseconds.
+    pub bootstrap_backoff_initial_ms: u64,
+    /// Upper bound of the exponential redial backoff, in milliseconds.
+    pub bootstrap_backoff_max_ms: u64,
+    /// Interval of Kademlia random walks that find more peers, in seconds.
+    pub random_walk_interval_secs: u64,
+    /// Kademlia query timeout, in seconds.
+    pub kad_query_timeout_secs: u64,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Maximum concurrent HTTP connections; further clients wait in the accept queue.
+    pub max_connections: usize,
+    /// A client must send its request headers within this many milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// A request must be answered within this many milliseconds (408 otherwise).
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body of JSON endpoints, in bytes (413 above).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".parse().expect("valid literal"),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".parse().expect("valid literal"),
+            ],
+            bootstrap: Vec::new(),
+            http: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            data_dir: PathBuf::from("zerostate-data"),
+            api_token: String::new(),
+            allow_private_addrs: false,
+            log: "info".into(),
+            limits: LimitsConfig::default(),
+            discovery: DiscoveryConfig::default(),
+            api: ApiConfig::default(),
+            monitor: MonitorConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_pending_incoming: 32,
+            max_pending_outgoing: 32,
+            max_established_incoming: 150,
+            max_established_outgoing: 50,
+            max_established_total: 200,
+            max_established_per_peer: 2,
+            idle_connection_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_backoff_initial_ms: 500,
+            bootstrap_backoff_max_ms: 60_000,
+            random_walk_interval_secs: 30,
+            kad_query_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 10_000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Why a configuration was refused. Every variant names the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, or names an unknown key.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key has a value of the wrong type or shape.
+    #[error("invalid value for `{key}` (from {origin}): {message}")]
+    Value {
+        /// The key path, e.g. `api.max_connections`.
+        key: String,
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable starts with `ZEROSTATE_` but names no key.
+    #[error("unknown environment variable {var}: no config key `{guess}`; known variables: {known}")]
+    UnknownEnv {
+        /// The variable.
+        var: String,
+        /// The key it would set.
+        guess: String,
+        /// The variables that exist.
+        known: String,
+    },
+    /// A value parsed but fails a semantic check.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// The key path.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// Values given on the command line; `None`/empty means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`, repeatable.
+    pub listen: Vec<String>,
+    /// `--bootstrap`, repeatable.
+    pub bootstrap: Vec<String>,
+    /// `--http`.
+    pub http: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Environment variables that are not config keys but are read by the CLI itself.
+const NON_KEY_ENV: &[&str] = &["ZEROSTATE_CONFIG", "ZEROSTATE_BIN"];
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if any), then `ZEROSTATE_*` variables
+    /// from `env`, then `flags`; and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        let mut merged = defaults.clone();
+        // Where each key's value came from, for error messages.
+        let mut origin: BTreeMap<String, String> = BTreeMap::new();
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            // Parse into the typed struct first: this reports unknown keys and bad types with
+            // the line and column of the offending text.
+            toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.to_string().trim_end().replace('\n', " "),
+            })?;
+            let table: toml::Table = toml::from_str(&text).expect("parsed above");
+            for (key, value) in flatten(&table) {
+                origin.insert(key.clone(), format!("config file {}", path.display()));
+                set_path(&mut merged, &key, value);
+            }
+        }
+
+        let keys = flatten(&defaults);
+        let env_names: BTreeMap<String, String> =
+            keys.keys().map(|k| (env_name(k), k.clone())).collect();
+        for (var, raw) in env {
+            if !var.starts_with(ENV_PREFIX) || NON_KEY_ENV.contains(&var.as_str()) {
+                continue;
+            }
+            let Some(key) = env_names.get(&var) else {
+                return Err(ConfigError::UnknownEnv {
+                    guess: var[ENV_PREFIX.len()..].to_lowercase(),
+                    var,
+                    known: env_names.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            };
+            let value = env_value(&keys[key], &raw);
+            origin.insert(key.clone(), format!("environment variable {var}"));
+            set_path(&mut merged, key, value);
+        }
+
+        let mut flag = |key: &str, name: &str, value: toml::Value| {
+            origin.insert(key.to_owned(), format!("flag --{name}"));
+            set_path(&mut merged, key, value);
+        };
+        if !flags.listen.is_empty() {
+            flag("listen", "listen", strings(&flags.listen));
+        }
+        if !flags.bootstrap.is_empty() {
+            flag("bootstrap", "bootstrap", strings(&flags.bootstrap));
+        }
+        if let Some(http) = &flags.http {
+            flag("http", "http", toml::Value::String(http.clone()));
+        }
+        if let Some(dir) = &flags.data_dir {
+            let dir = toml::Value::String(dir.display().to_string());
+            flag("data_dir", "data-dir", dir);
+        }
+
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let from = origin
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| "defaults".into());
+                ConfigError::Value {
+                    key,
+                    origin: from,
+                    message: e.into_inner().to_string().trim_end().to_owned(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone do not: bootstrap addresses carry a peer id, limits are
+    /// positive, timeouts are non-zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        if self.listen.is_empty() {
+            return Err(invalid(
+                "listen",
+                "at least one listen address is needed, e.g. /ip4/0.0.0.0/tcp/4001".into(),
+            ));
+        }
+        for addr in &self.listen {
+            if !addr
+                .iter()
+                .any(|p| matches!(p, Protocol::Tcp(_) | Protocol::QuicV1))
+            {
+                return Err(invalid(
+                    "listen",
+                    format!("{addr} is neither TCP nor QUIC; use /ip4/<ip>/tcp/<port> or /ip4/<ip>/udp/<port>/quic-v1"),
+                ));
+            }
+        }
+        for addr in &self.bootstrap {
+            bootstrap_peer_id(addr).map_err(|message| invalid("bootstrap", message))?;
+        }
+        let limits = [
+            ("limits.max_pending_incoming", self.limits.max_pending_incoming),
+            ("limits.max_pending_outgoing", self.limits.max_pending_outgoing),
+            (
+                "limits.max_established_incoming",
+                self.limits.max_established_incoming,
+            ),
+            (
+                "limits.max_established_outgoing",
+                self.limits.max_established_outgoing,
+            ),
+            ("limits.max_established_total", self.limits.max_established_total),
+            (
+                "limits.max_established_per_peer",
+                self.limits.max_established_per_peer,
+            ),
+        ];
+        for (key, value) in limits {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        let positive = [
+            (
+                "limits.idle_connection_timeout_secs",
+                self.limits.idle_connection_timeout_secs,
+            ),
+            (
+                "discovery.bootstrap_backoff_initial_ms",
+                self.discovery.bootstrap_backoff_initial_ms,
+            ),
+            (
+                "discovery.random_walk_interval_secs",
+                self.discovery.random_walk_interval_secs,
+            ),
+            (
+                "discovery.kad_query_timeout_secs",
+                self.discovery.kad_query_timeout_secs,
+            ),
+            ("api.header_read_timeout_ms", self.api.header_read_timeout_ms),
+            ("api.request_timeout_ms", self.api.request_timeout_ms),
+            ("api.max_connections", self.api.max_connections as u64),
+            ("api.max_body_bytes", self.api.max_body_bytes as u64),
+            ("monitor.ping_interval_ms", self.monitor.ping_interval_ms),
+            ("monitor.ping_timeout_ms", self.monitor.ping_timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if self.discovery.bootstrap_backoff_max_ms < self.discovery.bootstrap_backoff_initial_ms {
+            return Err(invalid(
+                "discovery.bootstrap_backoff_max_ms",
+                "must not be smaller than discovery.bootstrap_backoff_initial_ms".into(),
+            ));
+        }
+        if !self.api_token.is_empty() && self.api_token.len() < 16 {
+            return Err(invalid(
+                "api_token",
+                "must be at least 16 characters (or empty, to generate one)".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(invalid("log", format!("not a tracing filter: {e}")));
+        }
+        Ok(())
+    }
+
+    /// The bootstrap peers as (peer id, address) pairs. Valid after [`Config::validate`].
+    pub fn bootstrap_peers(&self) -> Vec<(PeerId, Multiaddr)> {
+        self.bootstrap
+            .iter()
+            .filter_map(|a| bootstrap_peer_id(a).ok().map(|id| (id, a.clone())))
+            .collect()
+    }
+
+    /// Whether the HTTP server listens on a loopback address only.
+    pub fn http_is_loopback(&self) -> bool {
+        match self.http.ip() {
+            IpAddr::V4(ip) => ip.is_loopback(),
+            IpAddr::V6(ip) => ip.is_loopback(),
+        }
+    }
+
+    /// Idle connection timeout as a [`Duration`].
+    pub fn idle_connection_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.idle_connection_timeout_secs)
+    }
+
+    /// Every config key with the environment variable that sets it, in key order.
+    pub fn env_vars() -> Vec<(String, String)> {
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        flatten(&defaults)
+            .into_keys()
+            .map(|k| (env_name(&k), k))
+            .collect()
+    }
+}
+
+/// The peer id at the end of a bootstrap address, or a message saying what is wrong.
+pub fn bootstrap_peer_id(addr: &Multiaddr) -> Result<PeerId, String> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(id)) => Ok(id),
+        _ => Err(format!(
+            "{addr} does not end in /p2p/<peer id>; append the peer id of the bootstrap node (`zerostate id` prints it)"
+        )),
+    }
+}
+
+/// `a.b_c` -> `ZEROSTATE_A_B_C`.
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
+}
+
+/// Turns an environment string into a TOML value shaped like the key's default.
+fn env_value(default: &toml::Value, raw: &str) -> toml::Value {
+    let raw = raw.trim();
+    match default {
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        toml::Value::Integer(_) => raw
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
+        toml::Value::Boolean(_) => match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => toml::Value::String(raw.to_owned()),
+        },
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn strings(values: &[String]) -> toml::Value {
+    toml::Value::Array(values.iter().cloned().map(toml::Value::String).collect())
+}
+
+/// Flattens nested tables into `a.b` keys (arrays stay whole).
+fn flatten(table: &toml::Table) -> BTreeMap<String, toml::Value> {
+    let mut out = BTreeMap::new();
+    for (k, v) in table {
+        match v {
+            toml::Value::Table(inner) => {
+                for (ik, iv) in flatten(inner) {
+                    out.insert(format!("{k}.{ik}"), iv);
+                }
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+    }
+}
+
+mod multiaddr_list {
+    use libp2p::Multiaddr;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(addrs: &[Multiaddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(addrs.iter().map(|a| a.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|s| {
+                s.parse::<Multiaddr>().map_err(|e| {
+                    D::Error::custom(format!(
+                        "`{s}` is not a multiaddr ({e}); expected e.g. /ip4/127.0.0.1/tcp/4001"
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], flags: Overrides) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(file.map(|_| path.as_path()), env, &flags).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load(None, &[], Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn precedence_is_flag_env_file_default() {
+        let file = "http = \"127.0.0.1:1000\"\n[api]\nmax_connections = 5\n";
+        let c = load(Some(file), &[], Overrides::default()).unwrap();
+        assert_eq!(c.http.port(), 1000);
+        assert_eq!(c.api.max_connections, 5);
+
+        let env = [
+            ("ZEROSTATE_HTTP", "127.0.0.1:2000"),
+            ("ZEROSTATE_API_MAX_CONNECTIONS", "7"),
+        ];
+        let c = load(Some(file), &env, Overrides::default()).unwrap();
+        assert_eq!(c.http.port(), 2000);
+        assert_eq!(c.api.max_connections, 7);
+
+        let flags = Overrides {
+            http: Some("127.0.0.1:3000".into()),
+            ..Default::default()
+        };
+        let c = load(Some(file), &env, flags).unwrap();
+        assert_eq!(c.http.port(), 3000);
+        assert_eq!(c.api.max_connections, 7);
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated() {
+        let env = [(
+            "ZEROSTATE_LISTEN",
+            "/ip4/127.0.0.1/tcp/0, /ip4/127.0.0.1/udp/0/quic-v1",
+        )];
+        let c = load(None, &env, Overrides::default()).unwrap();
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let e = load(Some("listen_port = 5\n"), &[], Overrides::default()).unwrap_err();
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn unknown_env_var_is_named() {
+        let e = load(None, &[("ZEROSTATE_HTTP_PORT", "1")], Overrides::default()).unwrap_err();
+        assert!(e.contains("ZEROSTATE_HTTP_PORT"), "{e}");
+    }
+
+    #[test]
+    fn bad_env_value_names_key_and_source() {
+        let e = load(
+            None,
+            &[("ZEROSTATE_API_MAX_CONNECTIONS", "many")],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("api.max_connections"), "{e}");
+        assert!(e.contains("ZEROSTATE_API_MAX_CONNECTIONS"), "{e}");
+    }
+
+    #[test]
+    fn bootstrap_without_peer_id_is_refused() {
+        let flags = Overrides {
+            bootstrap: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            ..Default::default()
+        };
+        let e = load(None, &[], flags).unwrap_err();
+        assert!(e.contains("bootstrap") && e.contains("/p2p/"), "{e}");
+    }
+
+    #[test]
+    fn bad_multiaddr_names_key() {
+        let flags = Overrides {
+            listen: vec!["tcp://0.0.0.0:1".into()],
+            ..Default::default()
+        };
+        let e = load(None, &[], flags).unwrap_err();
+        assert!(e.contains("listen") && e.contains("flag --listen"), "{e}");
+    }
+
+    #[test]
+    fn zero_limit_is_refused() {
+        let e = load(
+            Some("[limits]\nmax_established_total = 0\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("limits.max_established_total"), "{e}");
+    }
+
+    #[test]
+    fn shipped_default_toml_matches_defaults() {
+        let text = include_str!("../config/default.toml");
+        let parsed: Config = toml::from_str(text).unwrap();
+        assert_eq!(parsed, Config::default());
+        // And it lists every key.
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(
+            flatten(&table).keys().collect::<Vec<_>>(),
+            flatten(&defaults).keys().collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! ZeroState: a libp2p node for a decentralized compute market whose economics you can watch.
+//!
+//! The binary `zerostate` wraps this library. [`node::start`] runs a node from a
+//! [`config::Config`]; everything it does reports into one prometheus-client registry that
+//! the HTTP server exposes on `/metrics`.
+
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod node;
+pub mod p2p;
+
+pub use config::Config;
+pub use node::{NodeHandle, start};

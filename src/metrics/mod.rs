@@ -1,0 +1,100 @@
+//! The node's one metrics registry and the metric families of each area.
+//!
+//! Layout: the root [`Registry`] holds the standard `process_*` metrics; everything else lives
+//! under the `zerostate` prefix: `zerostate_build_info`, `zerostate_tokio_*`, our own
+//! `zerostate_p2p_*` families, and libp2p-metrics (`zerostate_libp2p_*`) plus gossipsub's own
+//! metrics (`zerostate_gossipsub_*`). Components receive their families at construction; the
+//! registry is then frozen in an `Arc` and only encoded.
+
+mod process;
+mod runtime;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub use process::ProcessCollector;
+pub use runtime::RuntimeCollector;
+
+/// Namespace of all our metrics.
+pub const NAMESPACE: &str = "zerostate";
+
+/// The content type `/metrics` answers with.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// Creates the root registry with the process collector, and returns it.
+///
+/// Register namespaced families into `root.sub_registry_with_prefix(NAMESPACE)`; see
+/// [`register_node_info`].
+pub fn new_registry() -> Registry {
+    let mut root = Registry::default();
+    root.register_collector(Box::new(ProcessCollector::new()));
+    root
+}
+
+/// Registers `build_info` and the tokio runtime collector into the `zerostate` registry.
+pub fn register_node_info(registry: &mut Registry, runtime: tokio::runtime::Handle) {
+    let build_info = Family::<BuildLabels, Gauge>::default();
+    build_info
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .set(1);
+    registry.register(
+        "build_info",
+        "Build information of this node; the value is always 1",
+        build_info,
+    );
+    registry.register_collector(Box::new(RuntimeCollector::new(runtime)));
+}
+
+/// Encodes the registry as OpenMetrics text (ending in `# EOF`).
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn registry_encodes_process_runtime_and_build_info() {
+        let mut root = new_registry();
+        register_node_info(
+            root.sub_registry_with_prefix(NAMESPACE),
+            tokio::runtime::Handle::current(),
+        );
+        let text = encode(&root).unwrap();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_threads ",
+            "process_start_time_seconds ",
+            "zerostate_tokio_workers ",
+            "zerostate_tokio_alive_tasks ",
+            "zerostate_tokio_global_queue_depth ",
+            "zerostate_build_info{version=\"",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(text.matches("# EOF").count(), 1);
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rss > 1e6, "a running test process has more than 1 MB resident");
+    }
+}

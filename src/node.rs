@@ -1,0 +1,192 @@
+//! [`start`] wires a node together: identity, metrics, swarm, HTTP server; [`NodeHandle`]
+//! controls it and shuts it down gracefully.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{self, ApiState};
+use crate::identity::{self, IdentityError};
+use crate::metrics;
+use crate::p2p::{self, EventLoop, P2pError, P2pHandle, P2pMetrics};
+
+/// Name of the file, in the data dir, that tells tools where a running node can be reached.
+pub const NODE_INFO_FILE: &str = "node.json";
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The identity key or API token could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The swarm could not be built or could not listen.
+    #[error(transparent)]
+    P2p(#[from] P2pError),
+    /// The HTTP server could not bind.
+    #[error("{0}")]
+    Http(std::io::Error),
+}
+
+/// A running node.
+pub struct NodeHandle {
+    peer_id: PeerId,
+    http_addr: SocketAddr,
+    api_token: String,
+    p2p: P2pHandle,
+    registry: Arc<Registry>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl NodeHandle {
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Where the HTTP server listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bearer token of the control API.
+    pub fn api_token(&self) -> &str {
+        &self.api_token
+    }
+
+    /// The handle to the swarm's event loop.
+    pub fn p2p(&self) -> &P2pHandle {
+        &self.p2p
+    }
+
+    /// The node's metrics registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Waits until the node listens on at least one p2p address.
+    pub async fn wait_listening(&self) {
+        let mut status = self.p2p.watch_status();
+        let _ = status.wait_for(|s| !s.listen_addrs.is_empty()).await;
+    }
+
+    /// Stops the HTTP server and the swarm, and waits for every task to finish.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        tracing::info!(peer_id = %self.peer_id, "node stopped");
+    }
+}
+
+/// What the node writes to `<data_dir>/node.json` for scripts and operators.
+#[derive(Debug, Serialize)]
+struct RuntimeInfo<'a> {
+    peer_id: String,
+    listen_addrs: Vec<String>,
+    http: String,
+    pid: u32,
+    version: &'a str,
+}
+
+/// Starts a node from a validated config. Returns once it is listening for HTTP and has
+/// started listening for p2p connections.
+pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
+    let data_dir = config.data_dir.clone();
+    identity::ensure_dir(&data_dir)?;
+    let key = identity::load_or_create(&data_dir)?;
+    let peer_id = key.public().to_peer_id();
+    let api_token = identity::load_or_create_token(&data_dir, &config.api_token)?;
+    let token_hint = if config.api_token.is_empty() {
+        format!(
+            "the token is in {}",
+            data_dir.join(identity::TOKEN_FILE).display()
+        )
+    } else {
+        "the token is the configured `api_token`".to_owned()
+    };
+
+    let mut registry = metrics::new_registry();
+    let zs = registry.sub_registry_with_prefix(metrics::NAMESPACE);
+    metrics::register_node_info(zs, tokio::runtime::Handle::current());
+    let p2p_metrics = P2pMetrics::register(zs);
+    let (swarm, libp2p_metrics) = p2p::build_swarm(key, &config, zs)?;
+    let registry = Arc::new(registry);
+
+    let listener = http::bind(config.http).await.map_err(NodeError::Http)?;
+    let http_addr = listener.local_addr().map_err(NodeError::Http)?;
+    if !config.http_is_loopback() {
+        tracing::warn!(%http_addr, "HTTP API is reachable from other hosts; state-changing calls still need the token");
+    }
+
+    let (event_loop, p2p) = EventLoop::new(swarm, &config, libp2p_metrics, p2p_metrics);
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(event_loop.run(cancel.clone()));
+
+    let state = ApiState::new(
+        registry.clone(),
+        p2p.clone(),
+        api_token.clone(),
+        !config.bootstrap.is_empty(),
+        token_hint,
+    );
+    let app = http::router(state, &config.api);
+    tasks.spawn(http::serve(listener, app, config.api.clone(), cancel.clone()));
+    tasks.spawn(write_runtime_info(data_dir, p2p.clone(), http_addr, cancel.clone()));
+
+    tracing::info!(%peer_id, %http_addr, "node started");
+    Ok(NodeHandle {
+        peer_id,
+        http_addr,
+        api_token,
+        p2p,
+        registry,
+        cancel,
+        tasks,
+    })
+}
+
+/// Keeps `<data_dir>/node.json` up to date with the listen addresses.
+async fn write_runtime_info(
+    data_dir: PathBuf,
+    p2p: P2pHandle,
+    http_addr: SocketAddr,
+    cancel: CancellationToken,
+) {
+    let mut status = p2p.watch_status();
+    loop {
+        let listen_addrs = status
+            .borrow_and_update()
+            .listen_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        write_info_file(&data_dir, p2p.local_peer_id(), listen_addrs, http_addr);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+fn write_info_file(dir: &Path, peer_id: PeerId, listen_addrs: Vec<String>, http: SocketAddr) {
+    let info = RuntimeInfo {
+        peer_id: peer_id.to_string(),
+        listen_addrs,
+        http: http.to_string(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let json = serde_json::to_vec_pretty(&info).expect("serializable");
+    if let Err(e) = identity::write_private(&dir.join(NODE_INFO_FILE), &json) {
+        tracing::warn!(error = %e, "cannot write node info file");
+    }
+}

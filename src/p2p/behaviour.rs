@@ -1,0 +1,163 @@
+//! The composed network behaviour: limits and the block list first, then the protocols.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
+use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    StreamProtocol, allow_block_list, connection_limits, identify, identity::Keypair, ping,
+};
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+
+/// Protocol version announced through identify.
+pub const PROTOCOL_VERSION: &str = "/zerostate/1.0.0";
+/// Our Kademlia protocol name (a separate DHT from the public IPFS one).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/zerostate/kad/1.0.0");
+/// Largest gossipsub message we send or accept.
+pub const MAX_GOSSIP_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest Kademlia record value we store.
+pub const MAX_KAD_RECORD_BYTES: usize = 4 * 1024;
+
+/// Versioned gossipsub topics the node subscribes to. The subscription filter allows exactly
+/// these, so peers cannot make us track arbitrary topics.
+pub const TOPICS: &[&str] = &[
+    "/zerostate/auctions/1",
+    "/zerostate/auction-results/1",
+    "/zerostate/disputes/1",
+];
+
+/// The agent string announced through identify.
+pub fn agent_version() -> String {
+    format!("zerostate/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Every protocol of the node, in one behaviour. Connection limits come first so a refused
+/// connection costs the other behaviours nothing.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Pending / established / per-peer connection caps.
+    pub limits: connection_limits::Behaviour,
+    /// Banned peers; driven by the API now and by reputation later.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Identify: protocol and agent version, listen addresses.
+    pub identify: identify::Behaviour,
+    /// Ping: liveness and round-trip time.
+    pub ping: ping::Behaviour,
+    /// Kademlia under our own protocol name.
+    pub kad: kad::Behaviour<MemoryStore>,
+    /// Gossipsub with signed, validated messages.
+    pub gossipsub: gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
+}
+
+/// Errors building the behaviour.
+#[derive(Debug, thiserror::Error)]
+pub enum BehaviourError {
+    /// Gossipsub refused its configuration.
+    #[error("gossipsub configuration: {0}")]
+    Gossipsub(String),
+}
+
+impl Behaviour {
+    /// Builds the behaviour for `key`, registering gossipsub's own metrics into `registry`.
+    pub fn new(
+        key: &Keypair,
+        config: &Config,
+        registry: &mut Registry,
+    ) -> Result<Self, BehaviourError> {
+        let peer_id = key.public().to_peer_id();
+        let l = &config.limits;
+        let mut limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(l.max_pending_incoming))
+                .with_max_pending_outgoing(Some(l.max_pending_outgoing))
+                .with_max_established_incoming(Some(l.max_established_incoming))
+                .with_max_established_outgoing(Some(l.max_established_outgoing))
+                .with_max_established(Some(l.max_established_total))
+                .with_max_established_per_peer(Some(l.max_established_per_peer)),
+        );
+        for (bootstrap, _) in config.bootstrap_peers() {
+            limits.bypass_peer_id(&bootstrap);
+        }
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
+                .with_agent_version(agent_version()),
+        );
+
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_query_timeout(Duration::from_secs(
+                config.discovery.kad_query_timeout_secs,
+            ))
+            // Records and provider records are validated by the event loop before storing.
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            // Peers enter the routing table only after identify confirms they speak our DHT.
+            .set_kbucket_inserts(kad::BucketInserts::Manual)
+            .set_periodic_bootstrap_interval(Some(Duration::from_secs(
+                config.discovery.random_walk_interval_secs,
+            )));
+        let store = MemoryStore::with_config(
+            peer_id,
+            MemoryStoreConfig {
+                max_value_bytes: MAX_KAD_RECORD_BYTES,
+                ..Default::default()
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+        // Without a confirmed external address kad would stay a client and answer no
+        // queries; every node that others can dial is a server.
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(ValidationMode::Strict)
+            .validate_messages()
+            .message_id_fn(|m| {
+                let mut h = blake3::Hasher::new();
+                h.update(m.topic.as_str().as_bytes());
+                h.update(&[0]);
+                h.update(&m.data);
+                MessageId::from(h.finalize().as_bytes().to_vec())
+            })
+            .max_transmit_size(MAX_GOSSIP_MESSAGE_BYTES)
+            .duplicate_cache_time(Duration::from_secs(300))
+            .max_publish_messages(100)
+            .connection_handler_queue_len(1000)
+            .build()
+            .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
+        let filter = gossipsub::WhitelistSubscriptionFilter(
+            TOPICS
+                .iter()
+                .map(|t| IdentTopic::new(*t).hash())
+                .collect::<HashSet<_>>(),
+        );
+        let metrics_config = gossipsub::MetricsConfig {
+            max_topics: TOPICS.len(),
+            max_never_subscribed_topics: 0,
+            ..Default::default()
+        };
+        let gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
+            MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+            filter,
+        )
+        .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))?
+        .with_metrics(registry.sub_registry_with_prefix("gossipsub"), metrics_config);
+
+        Ok(Self {
+            limits,
+            blocked: Default::default(),
+            identify,
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(Duration::from_millis(config.monitor.ping_interval_ms))
+                    .with_timeout(Duration::from_millis(config.monitor.ping_timeout_ms)),
+            ),
+            kad,
+            gossipsub,
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: real nodes on 127.0.0.1 with port 0.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use zerostate::{Config, NodeHandle};
+
+/// A config for a test node: loopback, free ports, fast discovery and pings.
+pub fn test_config(data_dir: &Path, bootstrap: Vec<Multiaddr>) -> Config {
+    let mut c = Config::default();
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    c.bootstrap = bootstrap;
+    c.http = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = data_dir.to_owned();
+    c.allow_private_addrs = true;
+    c.discovery.random_walk_interval_secs = 2;
+    c.discovery.bootstrap_backoff_initial_ms = 200;
+    c.discovery.bootstrap_backoff_max_ms = 1_000;
+    c.monitor.ping_interval_ms = 500;
+    c.validate().expect("test config is valid");
+    c
+}
+
+/// Starts a node and waits until it listens.
+pub async fn start(config: Config) -> NodeHandle {
+    let node = zerostate::start(config).await.expect("node starts");
+    tokio::time::timeout(Duration::from_secs(10), node.wait_listening())
+        .await
+        .expect("node listens within 10 s");
+    node
+}
+
+/// The node's first listen address with its peer id, for use as a bootstrap address.
+pub fn p2p_addr(node: &NodeHandle) -> Multiaddr {
+    let addr = node.p2p().status().listen_addrs[0].clone();
+    addr.with(libp2p::multiaddr::Protocol::P2p(node.peer_id()))
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// GETs `path` from the node's HTTP server and returns status and body.
+pub async fn get(node: &NodeHandle, path: &str) -> (u16, String) {
+    let url = format!("http://{}{}", node.http_addr(), path);
+    let resp = reqwest::get(&url).await.expect("http request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// The sum of every sample of `name` (exact metric name, any labels) in an exposition.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let metric = series.split('{').next().unwrap();
+        if metric == name {
+            let v: f64 = value.parse().ok()?;
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// The value of one exact series (name with labels as printed), if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

@@ -1,0 +1,189 @@
+//! HTTP behaviour of a real node: readiness, auth, body limit, header-read timeout, metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_flips_from_503_to_200_when_the_bootstrap_peer_appears() {
+    // Bootstrap peer B does not run yet: we know its identity and reserve its port.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b_id = zerostate::identity::generate(b_dir.path())
+        .unwrap()
+        .public()
+        .to_peer_id();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b_addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = start(test_config(
+        a_dir.path(),
+        vec![b_addr.clone().with(libp2p::multiaddr::Protocol::P2p(b_id))],
+    ))
+    .await;
+    let (status, body) = get(&a, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(body["reason"].as_str().unwrap().contains("bootstrap"), "{body}");
+    assert_eq!(get(&a, "/health").await.0, 200);
+
+    let mut b_config = test_config(b_dir.path(), vec![]);
+    b_config.listen = vec![b_addr];
+    let b = start(b_config).await;
+    assert_eq!(b.peer_id(), b_id);
+    eventually(Duration::from_secs(30), "/ready returns 200", || async {
+        (get(&a, "/ready").await.0 == 200).then_some(())
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn state_changing_calls_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path(), vec![])).await;
+    let url = format!("http://{}/api/v1/blocklist", node.http_addr());
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({ "peer_id": libp2p::PeerId::random().to_string() });
+
+    let resp = client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("api-token"), "the error says where the token is: {text}");
+
+    let resp = client
+        .post(&url)
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // The token on disk is the one the node accepts.
+    let token = std::fs::read_to_string(dir.path().join("api-token")).unwrap();
+    assert_eq!(token.trim(), node.api_token());
+    let resp = client
+        .post(&url)
+        .bearer_auth(token.trim())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Malformed input gets a clear 4xx.
+    let resp = client
+        .post(&url)
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({ "peer_id": "not-a-peer" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("not a peer id"));
+
+    // Reading needs no token.
+    assert_eq!(get(&node, "/api/v1/peers").await.0, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_body_gets_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path(), vec![])).await;
+    let url = format!("http://{}/api/v1/peers/dial", node.http_addr());
+    let huge = format!("{{\"addr\":\"{}\"}}", "a".repeat(100 * 1024));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(node.api_token())
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn half_a_request_is_disconnected_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![]);
+    config.api.header_read_timeout_ms = 300;
+    let node = start(config).await;
+    let mut stream = tokio::net::TcpStream::connect(node.http_addr()).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // The server must close the connection; a generous bound keeps the test from hanging.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf))
+        .await
+        .expect("server closed the connection");
+    assert!(read.is_ok() || buf.is_empty());
+    let text = String::from_utf8_lossy(&buf);
+    assert!(!text.contains("200 OK"), "half a request must not be answered: {text}");
+
+    // A complete request on a new connection still works.
+    assert_eq!(get(&node, "/health").await.0, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_with_one_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path(), vec![])).await;
+    let resp = reqwest::get(format!("http://{}/metrics", node.http_addr()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"));
+    assert_eq!(text.matches("# EOF").count(), 1);
+    assert_eq!(
+        metric_value(&text, &format!("zerostate_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))),
+        Some(1.0)
+    );
+
+    // A strict OpenMetrics parser (PyPI's prometheus_client) accepts the exposition.
+    let script = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+families = list(text_string_to_metric_families(sys.stdin.read()))
+names = {f.name for f in families}
+for want in ("zerostate_build_info", "process_cpu_seconds", "zerostate_tokio_workers",
+             "zerostate_libp2p_swarm_new_listen_addr", "zerostate_libp2p_ping_rtt_seconds"):
+    assert want in names, (want, sorted(names))
+print(len(families))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/test.sh installs prometheus_client)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "strict OpenMetrics parse failed (is prometheus_client installed? scripts/test.sh installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.shutdown().await;
+}
