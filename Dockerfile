@@ -64,9 +64,11 @@ COPY --from=builder /out/zerostate /usr/local/bin/zerostate
 # are open; the state-changing endpoints require the token the node writes into
 # its data dir (/var/lib/zerostate), which only the zerostate user can read.
 # Outside a container the default stays 127.0.0.1:9464.
+# NO_COLOR keeps ANSI colour codes out of `docker logs`.
 ENV ZEROSTATE_DATA_DIR=/var/lib/zerostate \
     ZEROSTATE_HTTP=0.0.0.0:9464 \
-    ZEROSTATE_LISTEN=/ip4/0.0.0.0/tcp/4001,/ip4/0.0.0.0/udp/4001/quic-v1
+    ZEROSTATE_LISTEN=/ip4/0.0.0.0/tcp/4001,/ip4/0.0.0.0/udp/4001/quic-v1 \
+    NO_COLOR=1
 
 # p2p: TCP and QUIC on 4001; HTTP API and metrics on 9464.
 EXPOSE 4001/tcp 4001/udp 9464/tcp

@@ -27,7 +27,8 @@ Commands:
             bootstrap from it. Waits until every node's /ready returns 200,
             then writes nodes.json, targets.json (Prometheus file_sd) and
             prometheus.yml into the devnet directory.
-  status    Show each node: process alive, /ready, peer id, metrics URL.
+  status    Show each node: process alive, /ready, connected peers, peer id,
+            metrics URL.
             Exits 0 if every node is alive and ready, 1 otherwise.
   down      SIGTERM the devnet's nodes (only pids that are still this
             devnet's zerostate processes), SIGKILL what is left after
@@ -211,6 +212,15 @@ http_code() {
     curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true
 }
 
+# connected_peers METRICS_URL: the node's zerostate_p2p_connection_pool_size
+# (peers with an established connection), or "-" if it cannot be read.
+connected_peers() {
+    local v
+    v="$(curl --noproxy '*' -s --max-time 2 "$1" 2>/dev/null |
+        awk '$1 == "zerostate_p2p_connection_pool_size" { print $2; exit }')" || true
+    printf '%s\n' "${v:--}"
+}
+
 # --- up ----------------------------------------------------------------------
 
 LAUNCHED=()     # "name<TAB>pid" of the processes this run started (its children)
@@ -276,7 +286,7 @@ resolve_bin() {
 }
 
 # start_node INDEX [BOOTSTRAP_ADDR]: start node INDEX in the background and
-# record it in STARTED. Sets NODE_PID.
+# record it in LAUNCHED. Sets NODE_PID.
 start_node() {
     local idx="$1" bootstrap="${2:-}"
     local dir="$DEVNET_DIR/node-$idx"
@@ -288,14 +298,17 @@ start_node() {
     [[ -z "$bootstrap" ]] || args+=(--bootstrap "$bootstrap")
     mkdir -p "$dir"
     # setsid + nohup: the node gets its own session and outlives this script
-    # and its terminal. (This script runs without job control, so the
+    # and its terminal. This script runs without job control, so the
     # background job is no process group leader and setsid execs in place
-    # instead of forking: $! is the node's pid. node.json's pid is used later.) The flags above win over ZEROSTATE_* variables; the
-    # ones the script owns are cleared so nothing leaks in from the caller.
+    # rather than forking: $! is the node's pid (node.json's pid is used once
+    # it exists). The flags above win over ZEROSTATE_* variables; the ones the
+    # script owns are cleared so nothing leaks in from the caller's shell.
+    # NO_COLOR keeps ANSI colour codes out of the log files.
     env -u ZEROSTATE_LISTEN -u ZEROSTATE_BOOTSTRAP -u ZEROSTATE_HTTP \
         -u ZEROSTATE_DATA_DIR \
         ZEROSTATE_ALLOW_PRIVATE_ADDRS=true \
         ZEROSTATE_LOG="${ZEROSTATE_LOG:-info}" \
+        NO_COLOR=1 \
         setsid nohup "$BIN" "${args[@]}" </dev/null >>"$dir/node.log" 2>&1 &
     NODE_PID=$!
     disown "$NODE_PID" 2>/dev/null || true # no job-status chatter from bash
@@ -549,8 +562,8 @@ cmd_status() {
         info "No devnet in $DEVNET_DIR (no nodes.json). Start one with: $PROG up"
         exit 1
     fi
-    local name pid dir bin peer url http alive code ready all_up=1
-    local rows=$'NODE\tPID\tPROCESS\tREADY\tPEER ID\tMETRICS\n'
+    local name pid dir bin peer url http alive code ready peers all_up=1
+    local rows=$'NODE\tPID\tPROCESS\tREADY\tPEERS\tPEER ID\tMETRICS\n'
     while IFS=$'\t' read -r name pid dir bin peer http url; do
         if pid_is_node "$pid" "$dir" "$bin"; then
             alive=alive
@@ -563,7 +576,10 @@ cmd_status() {
         else
             alive=dead ready=- all_up=0
         fi
-        rows+="$(printf '%s\t%s\t%s\t%s\t%s\t%s' "$name" "$pid" "$alive" "$ready" "$peer" "$url")"$'\n'
+        peers=-
+        [[ "$alive" != alive ]] || peers="$(connected_peers "$url")"
+        rows+="$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s' \
+            "$name" "$pid" "$alive" "$ready" "$peers" "$peer" "$url")"$'\n'
     done < <(jq -r '.[] | [.name, (.pid | tostring), .data_dir, (.bin // "-"),
                            .peer_id, .http, .metrics_url] | @tsv' "$DEVNET_DIR/nodes.json")
     printf '%s' "$rows" | table

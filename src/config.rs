@@ -120,7 +120,9 @@ impl Default for Config {
         Self {
             listen: vec![
                 "/ip4/0.0.0.0/tcp/4001".parse().expect("valid literal"),
-                "/ip4/0.0.0.0/udp/4001/quic-v1".parse().expect("valid literal"),
+                "/ip4/0.0.0.0/udp/4001/quic-v1"
+                    .parse()
+                    .expect("valid literal"),
             ],
             bootstrap: Vec::new(),
             http: SocketAddr::from(([127, 0, 0, 1], 9464)),
@@ -176,7 +178,7 @@ impl Default for ApiConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -202,7 +204,9 @@ pub enum ConfigError {
         message: String,
     },
     /// An environment variable starts with `ZEROSTATE_` but names no key.
-    #[error("unknown environment variable {var}: no config key `{guess}`; known variables: {known}")]
+    #[error(
+        "unknown environment variable {var}: no config key `{guess}`; known variables: {known}"
+    )]
     UnknownEnv {
         /// The variable.
         var: String,
@@ -259,7 +263,7 @@ impl Config {
             // the line and column of the offending text.
             toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
                 path: path.to_owned(),
-                message: e.to_string().trim_end().replace('\n', " "),
+                message: e.to_string().trim_end().to_owned(),
             })?;
             let table: toml::Table = toml::from_str(&text).expect("parsed above");
             for (key, value) in flatten(&table) {
@@ -305,8 +309,8 @@ impl Config {
             flag("data_dir", "data-dir", dir);
         }
 
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
                 let key = e.path().to_string();
                 let from = origin
                     .get(&key)
@@ -315,7 +319,7 @@ impl Config {
                 ConfigError::Value {
                     key,
                     origin: from,
-                    message: e.into_inner().to_string().trim_end().to_owned(),
+                    message: without_location(&e.into_inner().to_string()),
                 }
             })?;
         config.validate()?;
@@ -342,7 +346,9 @@ impl Config {
             {
                 return Err(invalid(
                     "listen",
-                    format!("{addr} is neither TCP nor QUIC; use /ip4/<ip>/tcp/<port> or /ip4/<ip>/udp/<port>/quic-v1"),
+                    format!(
+                        "{addr} is neither TCP nor QUIC; use /ip4/<ip>/tcp/<port> or /ip4/<ip>/udp/<port>/quic-v1"
+                    ),
                 ));
             }
         }
@@ -350,8 +356,14 @@ impl Config {
             bootstrap_peer_id(addr).map_err(|message| invalid("bootstrap", message))?;
         }
         let limits = [
-            ("limits.max_pending_incoming", self.limits.max_pending_incoming),
-            ("limits.max_pending_outgoing", self.limits.max_pending_outgoing),
+            (
+                "limits.max_pending_incoming",
+                self.limits.max_pending_incoming,
+            ),
+            (
+                "limits.max_pending_outgoing",
+                self.limits.max_pending_outgoing,
+            ),
             (
                 "limits.max_established_incoming",
                 self.limits.max_established_incoming,
@@ -360,7 +372,10 @@ impl Config {
                 "limits.max_established_outgoing",
                 self.limits.max_established_outgoing,
             ),
-            ("limits.max_established_total", self.limits.max_established_total),
+            (
+                "limits.max_established_total",
+                self.limits.max_established_total,
+            ),
             (
                 "limits.max_established_per_peer",
                 self.limits.max_established_per_peer,
@@ -388,7 +403,10 @@ impl Config {
                 "discovery.kad_query_timeout_secs",
                 self.discovery.kad_query_timeout_secs,
             ),
-            ("api.header_read_timeout_ms", self.api.header_read_timeout_ms),
+            (
+                "api.header_read_timeout_ms",
+                self.api.header_read_timeout_ms,
+            ),
             ("api.request_timeout_ms", self.api.request_timeout_ms),
             ("api.max_connections", self.api.max_connections as u64),
             ("api.max_body_bytes", self.api.max_body_bytes as u64),
@@ -457,6 +475,17 @@ pub fn bootstrap_peer_id(addr: &Multiaddr) -> Result<PeerId, String> {
             "{addr} does not end in /p2p/<peer id>; append the peer id of the bootstrap node (`zerostate id` prints it)"
         )),
     }
+}
+
+/// Drops the "in `key`" line the TOML deserializer appends (our message names the key).
+fn without_location(message: &str) -> String {
+    message
+        .lines()
+        .filter(|l| !l.starts_with("in `"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end()
+        .to_owned()
 }
 
 /// `a.b_c` -> `ZEROSTATE_A_B_C`.

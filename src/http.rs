@@ -205,7 +205,11 @@ async fn node_info(State(state): State<ApiState>) -> Json<NodeInfo> {
     let status = state.p2p.status();
     Json(NodeInfo {
         peer_id: state.p2p.local_peer_id().to_string(),
-        listen_addrs: status.listen_addrs.iter().map(ToString::to_string).collect(),
+        listen_addrs: status
+            .listen_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         version: env!("CARGO_PKG_VERSION").into(),
         connected_peers: status.connected_peers,
     })

@@ -20,7 +20,7 @@ pub const TOKEN_FILE: &str = "api-token";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Reading or writing failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         /// What was being done.
         action: &'static str,
@@ -30,7 +30,9 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     /// The key file does not hold a valid key.
-    #[error("{path} is not a valid identity key ({reason}); move it away to generate a new identity")]
+    #[error(
+        "{path} is not a valid identity key ({reason}); move it away to generate a new identity"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -46,7 +48,9 @@ pub enum IdentityError {
         mode: u32,
     },
     /// `keygen` would overwrite an existing key.
-    #[error("{path} already exists; refusing to overwrite an identity (delete it first if you mean it)")]
+    #[error(
+        "{path} already exists; refusing to overwrite an identity (delete it first if you mean it)"
+    )]
     Exists {
         /// The file.
         path: PathBuf,
@@ -77,7 +81,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     // The mode above applies only to a new file; make sure of it for a stale tmp file too.
     file.set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(io_err("cannot chmod", &tmp))?;
-    file.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
+    file.write_all(bytes)
+        .map_err(io_err("cannot write", &tmp))?;
     file.sync_all().map_err(io_err("cannot sync", &tmp))?;
     drop(file);
     fs::rename(&tmp, path).map_err(io_err("cannot rename into", path))?;
@@ -113,7 +118,9 @@ fn read_private(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
             mode,
         });
     }
-    fs::read(path).map(Some).map_err(io_err("cannot read", path))
+    fs::read(path)
+        .map(Some)
+        .map_err(io_err("cannot read", path))
 }
 
 /// Loads the identity key from `data_dir`, creating one on first start.

@@ -121,16 +121,28 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         data_dir: None,
     };
     let config = load_config(&args.common, flags)?;
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
-        let node = zerostate::start(config).await?;
-        let signal = shutdown_signal().await?;
+        // Handlers first, so a signal during startup also ends in a graceful exit.
+        let signal = shutdown_signal()?;
+        tokio::pin!(signal);
+        let node = tokio::select! {
+            node = zerostate::start(config) => node?,
+            signal = &mut signal => {
+                tracing::info!(signal, "stopped during startup");
+                return Ok(());
+            }
+        };
+        let signal = signal.await;
         tracing::info!(signal, "shutting down");
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, node.shutdown())
             .await
@@ -142,13 +154,15 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Waits for SIGINT or SIGTERM and names the one that came.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// Installs SIGINT and SIGTERM handlers; the future resolves to the name of the first signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }

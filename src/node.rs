@@ -139,8 +139,18 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         token_hint,
     );
     let app = http::router(state, &config.api);
-    tasks.spawn(http::serve(listener, app, config.api.clone(), cancel.clone()));
-    tasks.spawn(write_runtime_info(data_dir, p2p.clone(), http_addr, cancel.clone()));
+    tasks.spawn(http::serve(
+        listener,
+        app,
+        config.api.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(write_runtime_info(
+        data_dir,
+        p2p.clone(),
+        http_addr,
+        cancel.clone(),
+    ));
 
     tracing::info!(%peer_id, %http_addr, "node started");
     Ok(NodeHandle {

@@ -31,7 +31,10 @@ async fn ready_flips_from_503_to_200_when_the_bootstrap_peer_appears() {
     let (status, body) = get(&a, "/ready").await;
     assert_eq!(status, 503, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(body["reason"].as_str().unwrap().contains("bootstrap"), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("bootstrap"),
+        "{body}"
+    );
     assert_eq!(get(&a, "/health").await.0, 200);
 
     let mut b_config = test_config(b_dir.path(), vec![]);
@@ -57,7 +60,10 @@ async fn state_changing_calls_need_the_token() {
     let resp = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     let text = resp.text().await.unwrap();
-    assert!(text.contains("api-token"), "the error says where the token is: {text}");
+    assert!(
+        text.contains("api-token"),
+        "the error says where the token is: {text}"
+    );
 
     let resp = client
         .post(&url)
@@ -120,7 +126,9 @@ async fn half_a_request_is_disconnected_after_the_header_timeout() {
     let mut config = test_config(dir.path(), vec![]);
     config.api.header_read_timeout_ms = 300;
     let node = start(config).await;
-    let mut stream = tokio::net::TcpStream::connect(node.http_addr()).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(node.http_addr())
+        .await
+        .unwrap();
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
         .await
@@ -132,7 +140,10 @@ async fn half_a_request_is_disconnected_after_the_header_timeout() {
         .expect("server closed the connection");
     assert!(read.is_ok() || buf.is_empty());
     let text = String::from_utf8_lossy(&buf);
-    assert!(!text.contains("200 OK"), "half a request must not be answered: {text}");
+    assert!(
+        !text.contains("200 OK"),
+        "half a request must not be answered: {text}"
+    );
 
     // A complete request on a new connection still works.
     assert_eq!(get(&node, "/health").await.0, 200);
@@ -155,7 +166,13 @@ async fn metrics_are_openmetrics_with_one_eof() {
     assert!(text.ends_with("# EOF\n"));
     assert_eq!(text.matches("# EOF").count(), 1);
     assert_eq!(
-        metric_value(&text, &format!("zerostate_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))),
+        metric_value(
+            &text,
+            &format!(
+                "zerostate_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
         Some(1.0)
     );
 
@@ -178,7 +195,12 @@ print(len(families))
         .spawn()
         .expect("python3 runs (scripts/test.sh installs prometheus_client)");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -20,10 +20,14 @@ async fn five_nodes_find_each_other_through_one_bootstrap_peer() {
 
     // Every node ends up connected to at least 3 others.
     for (i, node) in nodes.iter().enumerate() {
-        eventually(Duration::from_secs(60), &format!("node {i} has 3 peers"), || async {
-            let peers = node.p2p().peers().await.ok()?;
-            (peers.len() >= 3).then_some(())
-        })
+        eventually(
+            Duration::from_secs(60),
+            &format!("node {i} has 3 peers"),
+            || async {
+                let peers = node.p2p().peers().await.ok()?;
+                (peers.len() >= 3).then_some(())
+            },
+        )
         .await;
     }
 
@@ -35,23 +39,31 @@ async fn five_nodes_find_each_other_through_one_bootstrap_peer() {
             .map(|p| p.peer_id.clone())
             .filter(|p| *p != ids[0])
             .collect();
-        assert!(others.len() >= 2, "only the bootstrap peer is known: {peers:?}");
+        assert!(
+            others.len() >= 2,
+            "only the bootstrap peer is known: {peers:?}"
+        );
         // The API shows the identify and ping results of each peer.
         let p = &peers[0];
         assert!(!p.addresses.is_empty());
     }
     for node in &nodes {
-        eventually(Duration::from_secs(20), "identify and ping recorded per peer", || async {
-            let peers = node.p2p().peers().await.ok()?;
-            peers
-                .iter()
-                .all(|p| {
-                    p.protocols.iter().any(|x| x == "/zerostate/kad/1.0.0")
-                        && p.agent_version.as_deref() == Some(concat!("zerostate/", env!("CARGO_PKG_VERSION")))
-                        && p.last_rtt_ms.is_some()
-                })
-                .then_some(())
-        })
+        eventually(
+            Duration::from_secs(20),
+            "identify and ping recorded per peer",
+            || async {
+                let peers = node.p2p().peers().await.ok()?;
+                peers
+                    .iter()
+                    .all(|p| {
+                        p.protocols.iter().any(|x| x == "/zerostate/kad/1.0.0")
+                            && p.agent_version.as_deref()
+                                == Some(concat!("zerostate/", env!("CARGO_PKG_VERSION")))
+                            && p.last_rtt_ms.is_some()
+                    })
+                    .then_some(())
+            },
+        )
         .await;
     }
 
@@ -60,7 +72,11 @@ async fn five_nodes_find_each_other_through_one_bootstrap_peer() {
     for node in &nodes {
         let (status, text) = get(node, "/metrics").await;
         assert_eq!(status, 200);
-        let established = metric_sum(&text, "zerostate_libp2p_swarm_connections_established_total").unwrap();
+        let established = metric_sum(
+            &text,
+            "zerostate_libp2p_swarm_connections_established_total",
+        )
+        .unwrap();
         assert!(established >= 3.0, "established connections: {established}");
         let pool = metric_value(&text, "zerostate_p2p_connection_pool_size").unwrap();
         assert!(pool >= 3.0, "pool size {pool}");
@@ -78,30 +94,46 @@ async fn five_nodes_find_each_other_through_one_bootstrap_peer() {
     }
 
     // A gossip message on one of our topics is validated (and counted) by the others.
-    eventually(Duration::from_secs(20), "publish finds mesh peers", || async {
-        nodes[0]
-            .p2p()
-            .publish("/zerostate/auctions/1", b"not yet a valid auction".to_vec())
-            .await
-            .ok()?
-            .ok()
-    })
+    eventually(
+        Duration::from_secs(20),
+        "publish finds mesh peers",
+        || async {
+            nodes[0]
+                .p2p()
+                .publish("/zerostate/auctions/1", b"not yet a valid auction".to_vec())
+                .await
+                .ok()?
+                .ok()
+        },
+    )
     .await;
-    let series = r#"zerostate_p2p_gossip_messages_total{topic="/zerostate/auctions/1",verdict="ignored"}"#;
-    eventually(Duration::from_secs(20), "a peer validates the gossip message", || async {
-        for node in &nodes[1..] {
-            let (_, text) = get(node, "/metrics").await;
-            if metric_value(&text, series).unwrap_or(0.0) >= 1.0 {
-                return Some(());
+    let series =
+        r#"zerostate_p2p_gossip_messages_total{topic="/zerostate/auctions/1",verdict="ignored"}"#;
+    eventually(
+        Duration::from_secs(20),
+        "a peer validates the gossip message",
+        || async {
+            for node in &nodes[1..] {
+                let (_, text) = get(node, "/metrics").await;
+                if metric_value(&text, series).unwrap_or(0.0) >= 1.0 {
+                    return Some(());
+                }
             }
-        }
-        None
-    })
+            None
+        },
+    )
     .await;
 
     let (_, text) = get(&nodes[1], "/metrics").await;
-    let dials = metric_value(&text, r#"zerostate_p2p_bootstrap_dials_total{outcome="connected"}"#);
-    assert_eq!(dials, Some(1.0), "node 2 connected to its bootstrap peer once");
+    let dials = metric_value(
+        &text,
+        r#"zerostate_p2p_bootstrap_dials_total{outcome="connected"}"#,
+    );
+    assert_eq!(
+        dials,
+        Some(1.0),
+        "node 2 connected to its bootstrap peer once"
+    );
 
     for node in nodes {
         node.shutdown().await;
@@ -118,7 +150,10 @@ async fn restarted_node_keeps_its_peer_id_and_private_key_file() {
     let node = start(test_config(dir.path(), vec![])).await;
     assert_eq!(node.peer_id(), id);
     for file in ["identity.key", "api-token"] {
-        let mode = std::fs::metadata(dir.path().join(file)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
     node.shutdown().await;

@@ -95,6 +95,9 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(rss > 1e6, "a running test process has more than 1 MB resident");
+        assert!(
+            rss > 1e6,
+            "a running test process has more than 1 MB resident"
+        );
     }
 }

@@ -50,7 +50,8 @@ pub struct Behaviour {
     /// Kademlia under our own protocol name.
     pub kad: kad::Behaviour<MemoryStore>,
     /// Gossipsub with signed, validated messages.
-    pub gossipsub: gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
+    pub gossipsub:
+        gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
 }
 
 /// Errors building the behaviour.
@@ -90,9 +91,7 @@ impl Behaviour {
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
-            .set_query_timeout(Duration::from_secs(
-                config.discovery.kad_query_timeout_secs,
-            ))
+            .set_query_timeout(Duration::from_secs(config.discovery.kad_query_timeout_secs))
             // Records and provider records are validated by the event loop before storing.
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             // Peers enter the routing table only after identify confirms they speak our DHT.
@@ -145,7 +144,10 @@ impl Behaviour {
             filter,
         )
         .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))?
-        .with_metrics(registry.sub_registry_with_prefix("gossipsub"), metrics_config);
+        .with_metrics(
+            registry.sub_registry_with_prefix("gossipsub"),
+            metrics_config,
+        );
 
         Ok(Self {
             limits,

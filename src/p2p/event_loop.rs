@@ -145,7 +145,9 @@ impl EventLoop {
     fn publish_status(&self) {
         let listen_addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
         let connected_peers = self.peers.len();
-        self.metrics.connection_pool_size.set(connected_peers as i64);
+        self.metrics
+            .connection_pool_size
+            .set(connected_peers as i64);
         self.status.send_if_modified(|s| {
             let new = NetStatus {
                 listen_addrs,
@@ -201,7 +203,10 @@ impl EventLoop {
                         .map(|_| ())
                         .map_err(|e| e.to_string())
                 } else {
-                    Err(format!("unknown topic {topic}; known: {}", TOPICS.join(", ")))
+                    Err(format!(
+                        "unknown topic {topic}; known: {}",
+                        TOPICS.join(", ")
+                    ))
                 };
                 let _ = reply.send(result);
             }
@@ -379,7 +384,7 @@ impl EventLoop {
     }
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
-        let speaks_kad = info.protocols.iter().any(|p| *p == KAD_PROTOCOL);
+        let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.protocols = info
                 .protocols
@@ -436,7 +441,9 @@ fn dialable(addr: &Multiaddr, allow_private: bool) -> bool {
                 && (allow_private || is_global(IpAddr::V4(ip)))
         }
         Some(Protocol::Ip6(ip)) => {
-            !ip.is_unspecified() && !ip.is_multicast() && (allow_private || is_global(IpAddr::V6(ip)))
+            !ip.is_unspecified()
+                && !ip.is_multicast()
+                && (allow_private || is_global(IpAddr::V6(ip)))
         }
         Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
         _ => false,

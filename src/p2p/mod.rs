@@ -89,7 +89,9 @@ impl P2pMetrics {
     }
 
     fn bootstrap_dial(&self, outcome: &'static str) {
-        let counter = self.bootstrap_dials.get_or_create(&OutcomeLabels { outcome });
+        let counter = self
+            .bootstrap_dials
+            .get_or_create(&OutcomeLabels { outcome });
         counter.inc();
     }
 }
@@ -97,7 +99,10 @@ impl P2pMetrics {
 /// `addr` without a trailing `/p2p/<peer id>`.
 pub(crate) fn without_peer_id(addr: &libp2p::Multiaddr) -> libp2p::Multiaddr {
     let mut addr = addr.clone();
-    if matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+    if matches!(
+        addr.iter().last(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    ) {
         addr.pop();
     }
     addr

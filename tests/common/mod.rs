@@ -10,12 +10,14 @@ use zerostate::{Config, NodeHandle};
 
 /// A config for a test node: loopback, free ports, fast discovery and pings.
 pub fn test_config(data_dir: &Path, bootstrap: Vec<Multiaddr>) -> Config {
-    let mut c = Config::default();
-    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    c.bootstrap = bootstrap;
-    c.http = "127.0.0.1:0".parse().unwrap();
-    c.data_dir = data_dir.to_owned();
-    c.allow_private_addrs = true;
+    let mut c = Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap,
+        http: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        allow_private_addrs: true,
+        ..Config::default()
+    };
     c.discovery.random_walk_interval_secs = 2;
     c.discovery.bootstrap_backoff_initial_ms = 200;
     c.discovery.bootstrap_backoff_max_ms = 1_000;

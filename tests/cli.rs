@@ -1,0 +1,191 @@
+//! The `zerostate` binary: invalid configurations stop startup with a message that names the
+//! problem; `keygen` and `id` agree; SIGTERM shuts a node down with exit code 0.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn zerostate(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zerostate"));
+    cmd.args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ZEROSTATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("binary runs");
+    // A config that should be refused but is not would start a node that runs forever.
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "zerostate {args:?} did not exit within 30 s: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `zerostate node` with a config that must be refused; returns stderr.
+fn refused(args: &[&str], env: &[(&str, &str)], file: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec!["node", "--data-dir", "data"];
+    if !env.iter().any(|(k, _)| *k == "ZEROSTATE_HTTP") {
+        all.extend(["--http", "127.0.0.1:0"]);
+    }
+    if let Some(text) = file {
+        std::fs::write(dir.path().join("node.toml"), text).unwrap();
+        all.extend(["--config", "node.toml"]);
+    }
+    all.extend(args);
+    let out = zerostate(&all, env, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected refusal, got success: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn unknown_key_in_file_is_named() {
+    let e = refused(&[], &[], Some("listen_port = 4001\n"));
+    assert!(e.contains("listen_port") && e.contains("node.toml"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_section_is_named() {
+    let e = refused(&[], &[], Some("[api]\nmax_conns = 4\n"));
+    assert!(e.contains("max_conns"), "{e}");
+}
+
+#[test]
+fn invalid_value_in_file_is_named() {
+    let e = refused(&[], &[], Some("[api]\nmax_connections = \"lots\"\n"));
+    assert!(e.contains("max_connections"), "{e}");
+}
+
+#[test]
+fn invalid_env_value_names_key_and_variable() {
+    let e = refused(
+        &[],
+        &[("ZEROSTATE_LIMITS_MAX_ESTABLISHED_TOTAL", "-3")],
+        None,
+    );
+    assert!(
+        e.contains("limits.max_established_total")
+            && e.contains("ZEROSTATE_LIMITS_MAX_ESTABLISHED_TOTAL"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_env_variable_is_named() {
+    let e = refused(&[], &[("ZEROSTATE_BOOTSTRAPS", "x")], None);
+    assert!(e.contains("ZEROSTATE_BOOTSTRAPS"), "{e}");
+}
+
+#[test]
+fn bootstrap_without_peer_id_is_refused() {
+    let e = refused(&["--bootstrap", "/ip4/127.0.0.1/tcp/4001"], &[], None);
+    assert!(e.contains("bootstrap") && e.contains("/p2p/"), "{e}");
+}
+
+#[test]
+fn malformed_listen_address_is_refused() {
+    let e = refused(&["--listen", "0.0.0.0:4001"], &[], None);
+    assert!(e.contains("listen") && e.contains("not a multiaddr"), "{e}");
+}
+
+#[test]
+fn invalid_http_address_is_refused() {
+    let e = refused(&[], &[("ZEROSTATE_HTTP", "localhost")], None);
+    assert!(e.contains("`http`"), "{e}");
+}
+
+#[test]
+fn missing_config_file_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = zerostate(&["node", "--config", "nope.toml"], &[], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+}
+
+#[test]
+fn keygen_then_id_print_the_same_peer_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = zerostate(&["keygen", "--data-dir", "d"], &[], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = String::from_utf8(out.stdout).unwrap();
+    let out = zerostate(&["id"], &[("ZEROSTATE_DATA_DIR", "d")], dir.path());
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), created);
+    assert!(created.trim().starts_with("12D3Koo"));
+    // A second keygen refuses to replace the identity.
+    let out = zerostate(&["keygen", "--data-dir", "d"], &[], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+}
+
+#[test]
+fn id_without_key_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = zerostate(&["id", "--data-dir", "d"], &[], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("zerostate keygen"));
+}
+
+#[test]
+fn sigterm_shuts_the_node_down_with_exit_code_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_zerostate"))
+        .args([
+            "node",
+            "--data-dir",
+            "d",
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is up (it writes node.json with a listen address).
+    let info = dir.path().join("d/node.json");
+    let mut up = false;
+    for _ in 0..300 {
+        if let Ok(text) = std::fs::read_to_string(&info)
+            && text.contains("/tcp/")
+        {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "node did not come up");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("node stopped"), "{stderr}");
+}

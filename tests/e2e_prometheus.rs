@@ -1,0 +1,171 @@
+//! End to end: three node processes started by `scripts/devnet.sh` from the built binary,
+//! scraped by a real Prometheus server through the devnet's generated config.
+//!
+//! Needs `prometheus` on PATH (or `PROMETHEUS_BIN`); `scripts/test.sh` installs Debian's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Stops Prometheus and the devnet even when an assertion fails.
+struct Cleanup {
+    devnet_dir: PathBuf,
+    prometheus: Option<Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.prometheus.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = devnet(&self.devnet_dir, &["down"]);
+    }
+}
+
+fn devnet(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("bash")
+        .arg(format!("{REPO}/scripts/devnet.sh"))
+        .args(args)
+        .env("DEVNET_DIR", dir)
+        .env("ZEROSTATE_BIN", env!("CARGO_BIN_EXE_zerostate"))
+        .env("DEVNET_SCRAPE_INTERVAL", "1s")
+        .env("DEVNET_TIMEOUT", "120")
+        .output()
+        .expect("devnet.sh runs")
+}
+
+fn prometheus_bin() -> String {
+    std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs an instant query; returns the result vector.
+async fn query(client: &reqwest::Client, base: &str, q: &str) -> Option<Vec<serde_json::Value>> {
+    let resp = client
+        .get(format!("{base}/api/v1/query"))
+        .query(&[("query", q)])
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = resp.json().await.ok()?;
+    assert_ne!(body["status"], "error", "query {q} failed: {body}");
+    body["data"]["result"].as_array().cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_a_three_node_devnet() {
+    let dir = tempfile::tempdir().unwrap();
+    let devnet_dir = dir.path().join("devnet");
+    let mut cleanup = Cleanup {
+        devnet_dir: devnet_dir.clone(),
+        prometheus: None,
+    };
+
+    let up = devnet(&devnet_dir, &["up", "3"]);
+    assert!(
+        up.status.success(),
+        "devnet up failed:\n{}\n{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    for file in ["nodes.json", "targets.json", "prometheus.yml"] {
+        assert!(devnet_dir.join(file).exists(), "{file} written");
+    }
+    let nodes: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(devnet_dir.join("nodes.json")).unwrap()).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 3);
+
+    let port = free_port();
+    let prometheus = Command::new(prometheus_bin())
+        .arg(format!(
+            "--config.file={}",
+            devnet_dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("prometheus-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `{}` ({e}); install Debian's prometheus package or run scripts/test.sh",
+                prometheus_bin()
+            )
+        });
+    cleanup.prometheus = Some(prometheus);
+
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut up_ok, mut info_ok) = (false, false);
+    while Instant::now() < deadline && !(up_ok && info_ok) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(result) = query(&client, &base, r#"up{job="zerostate"}"#).await {
+            up_ok = result.len() == 3 && result.iter().all(|r| r["value"][1] == "1");
+        }
+        if let Some(result) = query(&client, &base, "zerostate_build_info").await {
+            let nodes: std::collections::HashSet<_> = result
+                .iter()
+                .map(|r| r["metric"]["instance"].clone())
+                .collect();
+            info_ok = nodes.len() == 3
+                && result
+                    .iter()
+                    .all(|r| r["metric"]["version"] == env!("CARGO_PKG_VERSION"));
+        }
+    }
+    assert!(up_ok, "up == 1 for all three targets");
+    assert!(info_ok, "zerostate_build_info present for each node");
+
+    // The nodes found each other: each reports two connected peers.
+    let result = query(&client, &base, "zerostate_p2p_connection_pool_size >= 2")
+        .await
+        .unwrap();
+    assert_eq!(result.len(), 3, "every node has 2 peers: {result:?}");
+
+    // The alert and recording rules loaded, and each evaluates without error.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rules: serde_json::Value = client
+            .get(format!("{base}/api/v1/rules"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let all: Vec<serde_json::Value> = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().clone())
+            .collect();
+        assert!(!all.is_empty(), "rules loaded: {rules}");
+        assert!(
+            all.iter().all(|r| r["health"] != "err"),
+            "a rule fails: {rules}"
+        );
+        if all.iter().all(|r| r["health"] == "ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules never evaluated: {rules}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    drop(cleanup);
+    let status = devnet(&devnet_dir, &["status"]);
+    assert!(!status.status.success(), "devnet is down after `down`");
+}
