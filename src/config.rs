@@ -14,6 +14,9 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
+pub use crate::cache::{CacheConfig, VerifyOnRead};
+pub use crate::content::ContentConfig;
+
 /// Prefix of every environment variable that sets a config key.
 pub const ENV_PREFIX: &str = "ZEROSTATE_";
 
@@ -46,6 +49,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// Liveness checks of connected peers.
     pub monitor: MonitorConfig,
+    /// The content cache.
+    pub cache: CacheConfig,
+    /// Content exchange between peers.
+    pub content: ContentConfig,
 }
 
 /// Peer liveness settings.
@@ -56,6 +63,18 @@ pub struct MonitorConfig {
     pub ping_interval_ms: u64,
     /// A ping without answer after this many milliseconds counts as a failure.
     pub ping_timeout_ms: u64,
+    /// A peer unseen for this long is `suspect`, in milliseconds.
+    pub suspect_after_ms: u64,
+    /// A peer unseen for this long is `dead` (and disconnected), in milliseconds.
+    pub dead_after_ms: u64,
+    /// A disconnected peer is forgotten this long after it was last seen, in milliseconds.
+    pub expire_after_ms: u64,
+    /// Consecutive ping failures that make a peer `suspect`.
+    pub suspect_after_failures: u32,
+    /// Consecutive ping failures that make a peer `dead`.
+    pub dead_after_failures: u32,
+    /// Most peers the monitor keeps (the least recently seen disconnected one goes first).
+    pub max_peers: usize,
 }
 
 impl Default for MonitorConfig {
@@ -63,6 +82,12 @@ impl Default for MonitorConfig {
         Self {
             ping_interval_ms: 15_000,
             ping_timeout_ms: 20_000,
+            suspect_after_ms: 45_000,
+            dead_after_ms: 90_000,
+            expire_after_ms: 300_000,
+            suspect_after_failures: 1,
+            dead_after_failures: 3,
+            max_peers: 1024,
         }
     }
 }
@@ -134,6 +159,8 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             api: ApiConfig::default(),
             monitor: MonitorConfig::default(),
+            cache: CacheConfig::default(),
+            content: ContentConfig::default(),
         }
     }
 }
@@ -412,6 +439,17 @@ impl Config {
             ("api.max_body_bytes", self.api.max_body_bytes as u64),
             ("monitor.ping_interval_ms", self.monitor.ping_interval_ms),
             ("monitor.ping_timeout_ms", self.monitor.ping_timeout_ms),
+            ("monitor.suspect_after_ms", self.monitor.suspect_after_ms),
+            (
+                "monitor.suspect_after_failures",
+                self.monitor.suspect_after_failures.into(),
+            ),
+            ("monitor.max_peers", self.monitor.max_peers as u64),
+            ("cache.max_bytes", self.cache.max_bytes),
+            ("cache.max_entries", self.cache.max_entries as u64),
+            ("content.max_object_bytes", self.content.max_object_bytes),
+            ("content.fetch_timeout_ms", self.content.fetch_timeout_ms),
+            ("content.max_candidates", self.content.max_candidates as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -422,6 +460,19 @@ impl Config {
             return Err(invalid(
                 "discovery.bootstrap_backoff_max_ms",
                 "must not be smaller than discovery.bootstrap_backoff_initial_ms".into(),
+            ));
+        }
+        let m = &self.monitor;
+        if !(m.suspect_after_ms <= m.dead_after_ms && m.dead_after_ms < m.expire_after_ms) {
+            return Err(invalid(
+                "monitor.dead_after_ms",
+                "need suspect_after_ms <= dead_after_ms < expire_after_ms".into(),
+            ));
+        }
+        if m.dead_after_failures < m.suspect_after_failures {
+            return Err(invalid(
+                "monitor.dead_after_failures",
+                "must not be smaller than monitor.suspect_after_failures".into(),
             ));
         }
         if !self.api_token.is_empty() && self.api_token.len() < 16 {

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -30,6 +31,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::ApiConfig;
+use crate::content::{ContentError, ContentService};
+use crate::content_id::ContentId;
 use crate::metrics;
 use crate::p2p::{HandleError, P2pHandle};
 
@@ -43,6 +46,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct ApiState {
     registry: Arc<Registry>,
     p2p: P2pHandle,
+    content: ContentService,
     token: Arc<str>,
     bootstrap_configured: bool,
     token_hint: Arc<str>,
@@ -54,6 +58,7 @@ impl ApiState {
     pub fn new(
         registry: Arc<Registry>,
         p2p: P2pHandle,
+        content: ContentService,
         token: String,
         bootstrap_configured: bool,
         token_hint: String,
@@ -61,6 +66,7 @@ impl ApiState {
         Self {
             registry,
             p2p,
+            content,
             token: token.into(),
             bootstrap_configured,
             token_hint: token_hint.into(),
@@ -102,22 +108,32 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// Builds the application: routes, auth on state-changing routes, body limit and timeout.
-pub fn router(state: ApiState, config: &ApiConfig) -> Router {
-    let protected = Router::new()
-        .route("/api/v1/peers/dial", post(dial))
-        .route("/api/v1/blocklist", post(block))
-        .route("/api/v1/blocklist/{peer_id}", delete(unblock))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+/// Builds the application: routes, auth on state-changing routes, body limits (JSON routes:
+/// `api.max_body_bytes`; content upload: `max_object_bytes`) and the request timeout.
+pub fn router(state: ApiState, config: &ApiConfig, max_object_bytes: u64) -> Router<()> {
+    let auth = || middleware::from_fn_with_state(state.clone(), require_token);
+    let json = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/api/v1/node", get(node_info))
         .route("/api/v1/peers", get(peers))
-        .merge(protected)
+        .merge(
+            Router::new()
+                .route("/api/v1/peers/dial", post(dial))
+                .route("/api/v1/blocklist", post(block))
+                .route("/api/v1/blocklist/{peer_id}", delete(unblock))
+                .route_layer(auth()),
+        )
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes));
+    let object_limit = usize::try_from(max_object_bytes).unwrap_or(usize::MAX);
+    let content = Router::new()
+        .route("/api/v1/content", put(put_content).route_layer(auth()))
+        .route("/api/v1/content/{id}", get(get_content).head(head_content))
+        .layer(DefaultBodyLimit::max(object_limit))
+        .layer(RequestBodyLimitLayer::new(object_limit));
+    json.merge(content)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.request_timeout_ms),
@@ -218,6 +234,58 @@ async fn node_info(State(state): State<ApiState>) -> Json<NodeInfo> {
 async fn peers(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let peers = state.p2p.peers().await?;
     Ok(Json(json!({ "peers": peers })).into_response())
+}
+
+impl From<ContentError> for ApiError {
+    fn from(e: ContentError) -> Self {
+        let status = match e {
+            ContentError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ContentError::NotFound { .. } | ContentError::TimedOut { .. } => StatusCode::NOT_FOUND,
+            ContentError::Invalid { .. } => StatusCode::BAD_GATEWAY,
+            ContentError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+fn parse_content_id(s: &str) -> Result<ContentId, ApiError> {
+    s.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{s}` is not a content id: {e}"),
+        )
+    })
+}
+
+async fn put_content(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let size = body.len();
+    let id = state.content.put(body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id.to_string(), "size": size })),
+    )
+        .into_response())
+}
+
+async fn get_content(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_content_id(&id)?;
+    let data = state.content.get(id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+async fn head_content(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_content_id(&id)?;
+    Ok(if state.content.has(&id) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,10 +11,13 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::{CacheMetrics, ContentCache};
 use crate::config::Config;
+use crate::content::{ContentMetrics, ContentService, ContentStore};
 use crate::http::{self, ApiState};
 use crate::identity::{self, IdentityError};
 use crate::metrics;
+use crate::monitor::{MonitorMetrics, PeerMonitor};
 use crate::p2p::{self, EventLoop, P2pError, P2pHandle, P2pMetrics};
 
 /// Name of the file, in the data dir, that tells tools where a running node can be reached.
@@ -40,6 +43,7 @@ pub struct NodeHandle {
     http_addr: SocketAddr,
     api_token: String,
     p2p: P2pHandle,
+    content: ContentService,
     registry: Arc<Registry>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -64,6 +68,11 @@ impl NodeHandle {
     /// The handle to the swarm's event loop.
     pub fn p2p(&self) -> &P2pHandle {
         &self.p2p
+    }
+
+    /// The node's content: put, get (local or from the network), has.
+    pub fn content(&self) -> &ContentService {
+        &self.content
     }
 
     /// The node's metrics registry.
@@ -117,6 +126,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let zs = registry.sub_registry_with_prefix(metrics::NAMESPACE);
     metrics::register_node_info(zs, tokio::runtime::Handle::current());
     let p2p_metrics = P2pMetrics::register(zs);
+    let monitor = PeerMonitor::new(config.monitor.clone(), MonitorMetrics::register(zs));
+    let cache = ContentCache::new(config.cache.clone(), CacheMetrics::register(zs));
+    let store = Arc::new(ContentStore::new(cache, ContentMetrics::register(zs)));
     let (swarm, libp2p_metrics) = p2p::build_swarm(key, &config, zs)?;
     let registry = Arc::new(registry);
 
@@ -126,7 +138,15 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         tracing::warn!(%http_addr, "HTTP API is reachable from other hosts; state-changing calls still need the token");
     }
 
-    let (event_loop, p2p) = EventLoop::new(swarm, &config, libp2p_metrics, p2p_metrics);
+    let (event_loop, p2p) = EventLoop::new(
+        swarm,
+        &config,
+        libp2p_metrics,
+        p2p_metrics,
+        monitor,
+        store.clone(),
+    );
+    let content = ContentService::new(store, p2p.clone(), config.content.clone());
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(event_loop.run(cancel.clone()));
@@ -134,11 +154,12 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let state = ApiState::new(
         registry.clone(),
         p2p.clone(),
+        content.clone(),
         api_token.clone(),
         !config.bootstrap.is_empty(),
         token_hint,
     );
-    let app = http::router(state, &config.api);
+    let app = http::router(state, &config.api, config.content.max_object_bytes);
     tasks.spawn(http::serve(
         listener,
         app,
@@ -158,6 +179,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         http_addr,
         api_token,
         p2p,
+        content,
         registry,
         cancel,
         tasks,

@@ -59,7 +59,7 @@ async fn five_nodes_find_each_other_through_one_bootstrap_peer() {
                         p.protocols.iter().any(|x| x == "/zerostate/kad/1.0.0")
                             && p.agent_version.as_deref()
                                 == Some(concat!("zerostate/", env!("CARGO_PKG_VERSION")))
-                            && p.last_rtt_ms.is_some()
+                            && p.rtt_last_ms.is_some()
                     })
                     .then_some(())
             },

@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
 use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
+use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     StreamProtocol, allow_block_list, connection_limits, identify, identity::Keypair, ping,
 };
 use prometheus_client::registry::Registry;
 
+use super::content_protocol::{CONTENT_PROTOCOL, ContentCodec};
 use crate::config::Config;
 
 /// Protocol version announced through identify.
@@ -49,6 +51,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Kademlia under our own protocol name.
     pub kad: kad::Behaviour<MemoryStore>,
+    /// `/zerostate/content/1`: content by id, size-limited.
+    pub content: request_response::Behaviour<ContentCodec>,
     /// Gossipsub with signed, validated messages.
     pub gossipsub:
         gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
@@ -149,6 +153,14 @@ impl Behaviour {
             metrics_config,
         );
 
+        let content = request_response::Behaviour::with_codec(
+            ContentCodec::new(config.content.max_object_bytes),
+            [(CONTENT_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(10))
+                .with_max_concurrent_streams(32),
+        );
+
         Ok(Self {
             limits,
             blocked: Default::default(),
@@ -159,6 +171,7 @@ impl Behaviour {
                     .with_timeout(Duration::from_millis(config.monitor.ping_timeout_ms)),
             ),
             kad,
+            content,
             gossipsub,
         })
     }

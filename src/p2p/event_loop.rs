@@ -1,31 +1,43 @@
 //! The one task that owns the [`Swarm`]: it reacts to swarm events and to commands from
 //! [`P2pHandle`]s, redials bootstrap peers with backoff, and publishes [`NetStatus`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::kad::store::RecordStore;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, TOPICS};
-use super::handle::{COMMAND_QUEUE, Command, NetStatus, P2pHandle, PeerInfo};
+use super::content_protocol::{ContentRequest, ContentResponse};
+use super::handle::{COMMAND_QUEUE, Command, NetStatus, P2pHandle};
 use super::{P2pMetrics, without_peer_id};
 use crate::config::Config;
+use crate::content::ContentStore;
+use crate::monitor::PeerMonitor;
 
-/// At most this many protocols of a peer are kept for the API.
-const MAX_PROTOCOLS_PER_PEER: usize = 32;
 /// At most this many of a peer's announced listen addresses enter the routing table.
 const MAX_ADDRS_PER_PEER: usize = 8;
-/// How often bootstrap peers due for a redial are checked.
-const BOOTSTRAP_TICK: Duration = Duration::from_millis(250);
+/// How often bootstrap redials and peer liveness are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// A provider search stops once it has found this many providers.
+const ENOUGH_PROVIDERS: usize = 8;
+/// Provider records are accepted only for keys of this length (a BLAKE3 digest).
+const CONTENT_KEY_LEN: usize = 32;
+/// Most addresses kept from one provider record.
+const MAX_PROVIDER_ADDRS: usize = 8;
+
+type ContentReply = oneshot::Sender<Result<ContentResponse, String>>;
 
 /// A configured bootstrap peer and its redial state.
 #[derive(Debug)]
@@ -38,16 +50,6 @@ struct BootstrapPeer {
     next_dial: Instant,
 }
 
-/// What the event loop knows about a connected peer.
-#[derive(Debug)]
-struct PeerState {
-    since: Instant,
-    addresses: Vec<Multiaddr>,
-    protocols: Vec<String>,
-    agent_version: Option<String>,
-    last_rtt: Option<Duration>,
-}
-
 /// Owns the swarm. Create with [`EventLoop::new`], run with [`EventLoop::run`].
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -55,7 +57,10 @@ pub struct EventLoop {
     status: watch::Sender<NetStatus>,
     libp2p_metrics: libp2p::metrics::Metrics,
     metrics: P2pMetrics,
-    peers: HashMap<PeerId, PeerState>,
+    monitor: PeerMonitor,
+    content: Arc<ContentStore>,
+    provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    content_requests: HashMap<OutboundRequestId, ContentReply>,
     bootstrap: Vec<BootstrapPeer>,
     backoff_initial: Duration,
     backoff_max: Duration,
@@ -63,12 +68,15 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Wraps `swarm` and returns the loop with a handle to it.
+    /// Wraps `swarm` and returns the loop with a handle to it. The loop feeds `monitor` and
+    /// serves content requests from `content`.
     pub fn new(
         mut swarm: Swarm<Behaviour>,
         config: &Config,
         libp2p_metrics: libp2p::metrics::Metrics,
         metrics: P2pMetrics,
+        monitor: PeerMonitor,
+        content: Arc<ContentStore>,
     ) -> (Self, P2pHandle) {
         let local = *swarm.local_peer_id();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -100,7 +108,10 @@ impl EventLoop {
             status: status_tx,
             libp2p_metrics,
             metrics,
-            peers: HashMap::new(),
+            monitor,
+            content,
+            provider_queries: HashMap::new(),
+            content_requests: HashMap::new(),
             bootstrap,
             backoff_initial: initial,
             backoff_max: Duration::from_millis(config.discovery.bootstrap_backoff_max_ms),
@@ -121,7 +132,7 @@ impl EventLoop {
                 tracing::error!(topic, error = %e, "cannot subscribe");
             }
         }
-        let mut tick = tokio::time::interval(BOOTSTRAP_TICK);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -132,7 +143,11 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = tick.tick() => self.dial_due_bootstrap_peers(),
+                _ = tick.tick() => {
+                    self.dial_due_bootstrap_peers();
+                    let dead = self.monitor.tick(Instant::now());
+                    self.disconnect_dead(dead);
+                }
             }
         }
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -144,10 +159,7 @@ impl EventLoop {
 
     fn publish_status(&self) {
         let listen_addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
-        let connected_peers = self.peers.len();
-        self.metrics
-            .connection_pool_size
-            .set(connected_peers as i64);
+        let connected_peers = self.monitor.connected();
         self.status.send_if_modified(|s| {
             let new = NetStatus {
                 listen_addrs,
@@ -165,21 +177,30 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Peers(reply) => {
-                let now = Instant::now();
-                let mut list: Vec<PeerInfo> = self
-                    .peers
-                    .iter()
-                    .map(|(id, p)| PeerInfo {
-                        peer_id: id.to_string(),
-                        addresses: p.addresses.iter().map(ToString::to_string).collect(),
-                        protocols: p.protocols.clone(),
-                        agent_version: p.agent_version.clone(),
-                        last_rtt_ms: p.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                        connected_secs: now.duration_since(p.since).as_secs_f64(),
-                    })
-                    .collect();
-                list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-                let _ = reply.send(list);
+                let _ = reply.send(self.monitor.snapshot(Instant::now()));
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.monitor.connected_peers().collect());
+            }
+            Command::Provide(id, reply) => {
+                let key = kad::RecordKey::new(id.digest());
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    tracing::warn!(%id, error = %e, "cannot announce provider record");
+                }
+                let _ = reply.send(());
+            }
+            Command::FindProviders(id, reply) => {
+                let key = kad::RecordKey::new(id.digest());
+                let query = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.provider_queries.insert(query, (HashSet::new(), reply));
+            }
+            Command::RequestContent { peer, id, reply } => {
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .content
+                    .send_request(&peer, ContentRequest(id));
+                self.content_requests.insert(request, reply);
             }
             Command::Dial(addr, reply) => {
                 let result = match addr.iter().last() {
@@ -255,6 +276,11 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // Without AutoNAT nothing confirms an external address; a concrete listen
+                // address we would accept from a peer is one, so provider records carry it.
+                if dialable(&address, self.allow_private_addrs) {
+                    self.swarm.add_external_address(address);
+                }
                 self.publish_status();
             }
             SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ListenerClosed { .. } => {
@@ -268,16 +294,7 @@ impl EventLoop {
             } => {
                 let addr = endpoint.get_remote_address().clone();
                 tracing::debug!(peer = %peer_id, %addr, "connection established");
-                let entry = self.peers.entry(peer_id).or_insert_with(|| PeerState {
-                    since: Instant::now(),
-                    addresses: Vec::new(),
-                    protocols: Vec::new(),
-                    agent_version: None,
-                    last_rtt: None,
-                });
-                if !entry.addresses.contains(&addr) {
-                    entry.addresses.push(addr);
-                }
+                self.monitor.on_connected(peer_id, addr, Instant::now());
                 self.on_bootstrap_connected(peer_id);
                 self.publish_status();
             }
@@ -287,17 +304,18 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
+                self.monitor.on_disconnected(
+                    peer_id,
+                    endpoint.get_remote_address(),
+                    num_established,
+                );
                 if num_established == 0 {
-                    self.peers.remove(&peer_id);
                     let initial = self.backoff_initial;
                     if let Some(b) = self.bootstrap.iter_mut().find(|b| b.id == peer_id) {
                         tracing::info!(peer = %peer_id, "lost bootstrap peer; will redial");
                         b.connected = false;
                         b.next_dial = Instant::now() + initial;
                     }
-                } else if let Some(p) = self.peers.get_mut(&peer_id) {
-                    let addr = endpoint.get_remote_address();
-                    p.addresses.retain(|a| a != addr);
                 }
                 self.publish_status();
             }
@@ -345,14 +363,14 @@ impl EventLoop {
             }
             BehaviourEvent::Ping(event) => {
                 self.libp2p_metrics.record(&event);
-                if let ping::Event {
-                    peer,
-                    result: Ok(rtt),
-                    ..
-                } = event
-                    && let Some(p) = self.peers.get_mut(&peer)
-                {
-                    p.last_rtt = Some(rtt);
+                let ping::Event { peer, result, .. } = event;
+                match result {
+                    Ok(rtt) => self.monitor.on_ping_ok(peer, rtt, Instant::now()),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "ping failed");
+                        let dead = self.monitor.on_ping_failure(peer, Instant::now());
+                        self.disconnect_dead(dead);
+                    }
                 }
             }
             BehaviourEvent::Kad(event) => {
@@ -379,21 +397,93 @@ impl EventLoop {
                         );
                 }
             }
+            BehaviourEvent::Content(event) => self.on_content_event(event),
             BehaviourEvent::Limits(never) | BehaviourEvent::Blocked(never) => match never {},
+        }
+    }
+
+    fn disconnect_dead(&mut self, dead: Vec<PeerId>) {
+        for peer in dead {
+            tracing::info!(%peer, "peer is dead; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn on_providers(&mut self, query: kad::QueryId, result: kad::GetProvidersResult, last: bool) {
+        let Some((found, _)) = self.provider_queries.get_mut(&query) else {
+            return;
+        };
+        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+            found.extend(providers);
+        }
+        let enough = found.len() >= ENOUGH_PROVIDERS;
+        if enough && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+            q.finish();
+        }
+        if (last || enough)
+            && let Some((found, reply)) = self.provider_queries.remove(&query)
+        {
+            let _ = reply.send(found.into_iter().collect());
+        }
+    }
+
+    fn on_content_event(
+        &mut self,
+        event: request_response::Event<ContentRequest, ContentResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request: ContentRequest(id),
+                        channel,
+                        ..
+                    },
+                ..
+            } => {
+                let response = self.content.serve(&id);
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .content
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!(%peer, %id, "peer went away before the content response");
+                }
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.content_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.content_requests.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound content request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.protocols = info
-                .protocols
-                .iter()
-                .take(MAX_PROTOCOLS_PER_PEER)
-                .map(ToString::to_string)
-                .collect();
-            p.agent_version = Some(info.agent_version.chars().take(128).collect());
-        }
+        let protocols = info.protocols.iter().map(ToString::to_string).collect();
+        self.monitor
+            .on_identified(peer, protocols, info.agent_version, Instant::now());
         if !speaks_kad {
             return;
         }
@@ -419,6 +509,36 @@ impl EventLoop {
                 // No record type is defined yet, so nothing is stored.
                 tracing::debug!(%source, "dropping kademlia record: no record types are accepted");
             }
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(mut record),
+                    },
+            } => {
+                // kad already checked that the record names the peer that sent it.
+                if record.key.as_ref().len() != CONTENT_KEY_LEN {
+                    tracing::debug!(provider = %record.provider, "dropping provider record with a non-content key");
+                    return;
+                }
+                let allow_private = self.allow_private_addrs;
+                record.addresses.retain(|a| dialable(a, allow_private));
+                record.addresses.truncate(MAX_PROVIDER_ADDRS);
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .add_provider(record)
+                {
+                    tracing::debug!(error = %e, "provider record not stored");
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            } => self.on_providers(id, result, step.last),
             kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::Bootstrap(Err(e)),
                 ..

@@ -3,8 +3,11 @@
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use super::content_protocol::ContentResponse;
+use crate::content_id::ContentId;
+use crate::monitor::PeerInfo;
 
 /// Capacity of the command channel; senders wait when the event loop is behind.
 pub const COMMAND_QUEUE: usize = 256;
@@ -12,8 +15,23 @@ pub const COMMAND_QUEUE: usize = 256;
 /// A request to the event loop. Commands that need an answer carry a `oneshot` sender.
 #[derive(Debug)]
 pub enum Command {
-    /// List connected peers.
+    /// List monitored peers (connected and recently disconnected).
     Peers(oneshot::Sender<Vec<PeerInfo>>),
+    /// List connected peer ids.
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    /// Announce this node as a provider of content.
+    Provide(ContentId, oneshot::Sender<()>),
+    /// Find providers of content through Kademlia.
+    FindProviders(ContentId, oneshot::Sender<Vec<PeerId>>),
+    /// Ask one peer for content.
+    RequestContent {
+        /// The peer.
+        peer: PeerId,
+        /// The content.
+        id: ContentId,
+        /// Its answer (unverified), or why there is none.
+        reply: oneshot::Sender<Result<ContentResponse, String>>,
+    },
     /// Dial an address (must end in `/p2p/<peer id>`).
     Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
     /// Add a peer to the block list and disconnect it.
@@ -29,23 +47,6 @@ pub enum Command {
         /// The outcome.
         reply: oneshot::Sender<Result<(), String>>,
     },
-}
-
-/// What the API shows about one connected peer.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PeerInfo {
-    /// The peer's id.
-    pub peer_id: String,
-    /// Remote addresses of our connections to it.
-    pub addresses: Vec<String>,
-    /// Protocols it announced through identify (capped).
-    pub protocols: Vec<String>,
-    /// Agent version it announced.
-    pub agent_version: Option<String>,
-    /// Last ping round-trip time in milliseconds.
-    pub last_rtt_ms: Option<f64>,
-    /// Seconds since the first connection to it was established.
-    pub connected_secs: f64,
 }
 
 /// The swarm's state as readiness checks need it.
@@ -68,8 +69,11 @@ pub enum HandleError {
     Timeout(Duration),
 }
 
-/// How long a caller waits for the event loop to answer a command.
+/// How long a caller waits for the event loop to answer a local command.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a command that goes over the network (the protocols' own
+/// timeouts end it sooner).
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Cheap, cloneable handle to the swarm's event loop.
 #[derive(Debug, Clone)]
@@ -111,19 +115,57 @@ impl P2pHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, HandleError> {
+        self.ask_within(ANSWER_TIMEOUT, make).await
+    }
+
+    async fn ask_within<T>(
+        &self,
+        limit: Duration,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, HandleError> {
         let (tx, rx) = oneshot::channel();
         let send = self.commands.send(make(tx));
         tokio::time::timeout(ANSWER_TIMEOUT, send)
             .await
             .map_err(|_| HandleError::Timeout(ANSWER_TIMEOUT))?
             .map_err(|_| HandleError::Stopped)?;
-        tokio::time::timeout(ANSWER_TIMEOUT, rx)
+        tokio::time::timeout(limit, rx)
             .await
-            .map_err(|_| HandleError::Timeout(ANSWER_TIMEOUT))?
+            .map_err(|_| HandleError::Timeout(limit))?
             .map_err(|_| HandleError::Stopped)
     }
 
-    /// Connected peers with their addresses, protocols and last RTT.
+    /// Ids of connected peers.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, HandleError> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// Announces this node as a provider of `id` (a Kademlia provider record).
+    pub async fn provide(&self, id: ContentId) -> Result<(), HandleError> {
+        self.ask(|tx| Command::Provide(id, tx)).await
+    }
+
+    /// Providers of `id` found through Kademlia (possibly none).
+    pub async fn find_providers(&self, id: ContentId) -> Result<Vec<PeerId>, HandleError> {
+        self.ask_within(NETWORK_TIMEOUT, |tx| Command::FindProviders(id, tx))
+            .await
+    }
+
+    /// Asks `peer` for `id`; the bytes are not verified yet.
+    pub async fn request_content(
+        &self,
+        peer: PeerId,
+        id: ContentId,
+    ) -> Result<Result<ContentResponse, String>, HandleError> {
+        self.ask_within(NETWORK_TIMEOUT, |reply| Command::RequestContent {
+            peer,
+            id,
+            reply,
+        })
+        .await
+    }
+
+    /// Monitored peers: state, addresses, protocols, RTT.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, HandleError> {
         self.ask(Command::Peers).await
     }

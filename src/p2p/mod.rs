@@ -1,6 +1,7 @@
 //! The swarm: behaviour composition, the event loop that owns it, and the handle to it.
 
 mod behaviour;
+mod content_protocol;
 mod event_loop;
 mod handle;
 
@@ -8,14 +9,17 @@ use std::time::Duration;
 
 use libp2p::{Swarm, SwarmBuilder, identity::Keypair, noise, tcp, yamux};
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
 
 pub use behaviour::{
     Behaviour, KAD_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES, PROTOCOL_VERSION, TOPICS, agent_version,
 };
+pub use content_protocol::{
+    CONTENT_PROTOCOL, ContentCodec, ContentRequest, ContentResponse, MAX_REQUEST_BYTES,
+};
 pub use event_loop::EventLoop;
-pub use handle::{Command, HandleError, NetStatus, P2pHandle, PeerInfo};
+pub use handle::{Command, HandleError, NetStatus, P2pHandle};
 
 use crate::config::Config;
 
@@ -52,7 +56,6 @@ struct OutcomeLabels {
 /// Our own swarm-level metrics (libp2p-metrics covers the protocol internals).
 #[derive(Clone, Debug, Default)]
 pub struct P2pMetrics {
-    connection_pool_size: Gauge,
     gossip_messages: Family<GossipLabels, Counter>,
     bootstrap_dials: Family<OutcomeLabels, Counter>,
 }
@@ -62,11 +65,6 @@ impl P2pMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         let p2p = registry.sub_registry_with_prefix("p2p");
-        p2p.register(
-            "connection_pool_size",
-            "Peers with at least one established connection",
-            m.connection_pool_size.clone(),
-        );
         p2p.register(
             "gossip_messages",
             "Gossipsub messages received, by topic and validation verdict (accepted, rejected, ignored)",

@@ -89,3 +89,35 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Starts `n` nodes; nodes 2..n know only node 1. Waits until each has `n - 1` peers.
+pub async fn start_network(
+    dirs: &[tempfile::TempDir],
+    tweak: impl Fn(&mut Config),
+) -> Vec<NodeHandle> {
+    let mut config = test_config(dirs[0].path(), vec![]);
+    tweak(&mut config);
+    let first = start(config).await;
+    let bootstrap = p2p_addr(&first);
+    let mut nodes = vec![first];
+    for dir in &dirs[1..] {
+        let mut config = test_config(dir.path(), vec![bootstrap.clone()]);
+        tweak(&mut config);
+        nodes.push(start(config).await);
+    }
+    let want = dirs.len() - 1;
+    for (i, node) in nodes.iter().enumerate() {
+        eventually(
+            Duration::from_secs(60),
+            &format!("node {i} connected to {want}"),
+            || async { (node.p2p().connected_peers().await.ok()?.len() >= want).then_some(()) },
+        )
+        .await;
+    }
+    nodes
+}
+
+/// Scrapes `/metrics` of a node.
+pub async fn scrape(node: &NodeHandle) -> String {
+    get(node, "/metrics").await.1
+}
