@@ -175,7 +175,7 @@ impl CacheMetrics {
         );
         cache.register(
             "misses",
-            "Content cache lookups that returned nothing, including entries dropped by read verification",
+            "Content cache lookups that returned nothing (including entries failing read verification)",
             metrics.misses.clone(),
         );
         cache.register(
@@ -440,9 +440,14 @@ mod tests {
             .insert(stored, Bytes::from_static(b"forged"), Origin::Peer)
             .unwrap_err();
         let actual = ContentId::of(b"forged");
-        assert!(
-            matches!(err, CacheError::Mismatch { expected, actual: a } if expected == stored && a == actual)
-        );
+        let CacheError::Mismatch {
+            expected,
+            actual: reported,
+        } = err
+        else {
+            panic!("expected a mismatch, got {err:?}");
+        };
+        assert_eq!((expected, reported), (stored, actual));
         let msg = err.to_string();
         assert!(msg.contains(&stored.to_string()), "{msg}");
         assert!(msg.contains(&actual.to_string()), "{msg}");
@@ -715,15 +720,22 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        let index = 0..CONTENTS;
-        let any_id = 0..=CONTENTS;
+        let index = || 0..CONTENTS;
+        let any_id = || 0..=CONTENTS;
+        let insert =
+            (index(), origin()).prop_map(|(content, origin)| Op::Insert { content, origin });
+        let insert_under_id =
+            (index(), index(), origin()).prop_map(|(content, id_of, origin)| Op::InsertUnderId {
+                content,
+                id_of,
+                origin,
+            });
         prop_oneof![
-            4 => (index.clone(), origin()).prop_map(|(content, origin)| Op::Insert { content, origin }),
-            1 => (index.clone(), index.clone(), origin())
-                .prop_map(|(content, id_of, origin)| Op::InsertUnderId { content, id_of, origin }),
-            3 => any_id.clone().prop_map(Op::Get),
-            1 => any_id.clone().prop_map(Op::Contains),
-            1 => any_id.prop_map(Op::Corrupt),
+            4 => insert,
+            1 => insert_under_id,
+            3 => any_id().prop_map(Op::Get),
+            1 => any_id().prop_map(Op::Contains),
+            1 => any_id().prop_map(Op::Corrupt),
         ]
     }
 
@@ -874,6 +886,105 @@ mod tests {
         }
     }
 
+    /// Runs `ops` against a cache with `config` and against the model, checking after every
+    /// step that they agree and that the caps and the read-verification promise hold.
+    fn check_against_model(
+        config: CacheConfig,
+        sizes: &[usize],
+        ops: Vec<Op>,
+    ) -> Result<(), TestCaseError> {
+        let (max_bytes, max_entries, verify_on_read) =
+            (config.max_bytes, config.max_entries, config.verify_on_read);
+        let mut cache = cache(config.clone());
+        let mut model = Model::new(&config);
+        let contents: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| make_content(i, len))
+            .collect();
+        let mut ids: Vec<ContentId> = contents.iter().map(|c| ContentId::of(c)).collect();
+        ids.push(ContentId::of(b"never inserted"));
+
+        for op in ops {
+            let before = snapshot(&cache);
+            match op {
+                Op::Insert { content, origin } => {
+                    let (id, data) = (ids[content], &contents[content]);
+                    let result = cache.insert(id, Bytes::copy_from_slice(data), origin);
+                    prop_assert_eq!(outcome(&result), model.insert(id, data, origin));
+                }
+                Op::InsertUnderId {
+                    content,
+                    id_of,
+                    origin,
+                } => {
+                    let (id, data) = (ids[id_of], &contents[content]);
+                    let result = cache.insert(id, Bytes::copy_from_slice(data), origin);
+                    prop_assert_eq!(outcome(&result), model.insert(id, data, origin));
+                    if result.is_err() {
+                        prop_assert_eq!(
+                            snapshot(&cache),
+                            before,
+                            "a rejected insert changed the cache"
+                        );
+                    }
+                }
+                Op::Get(index) => {
+                    let id = ids[index];
+                    let origin = before.iter().find(|e| e.id == id).map(|e| e.origin);
+                    let got = cache.get(&id);
+                    let expected = model.get(&id);
+                    prop_assert_eq!(got.as_deref(), expected.as_deref());
+                    if let (Some(data), Some(origin)) = (&got, origin) {
+                        let must_verify = match verify_on_read {
+                            VerifyOnRead::Never => false,
+                            VerifyOnRead::Peer => origin == Origin::Peer,
+                            VerifyOnRead::Always => true,
+                        };
+                        if must_verify {
+                            prop_assert_eq!(
+                                ContentId::of(data),
+                                id,
+                                "get returned corrupt content"
+                            );
+                        }
+                    }
+                }
+                Op::Contains(index) => {
+                    let id = ids[index];
+                    prop_assert_eq!(
+                        cache.contains(&id),
+                        model.entries.iter().any(|e| e.id == id)
+                    );
+                    prop_assert_eq!(snapshot(&cache), before, "contains changed the cache");
+                }
+                Op::Corrupt(index) => {
+                    let id = ids[index];
+                    prop_assert_eq!(cache.corrupt_for_tests(&id), model.corrupt(&id));
+                }
+            }
+
+            prop_assert!(cache.len() <= max_entries);
+            prop_assert!(cache.total_bytes() <= max_bytes);
+            prop_assert_eq!(
+                snapshot(&cache),
+                model.entries.iter().cloned().collect::<Vec<_>>()
+            );
+            prop_assert_eq!(cache.len(), model.entries.len());
+            prop_assert_eq!(cache.is_empty(), model.entries.is_empty());
+            prop_assert_eq!(cache.total_bytes(), model.total_bytes());
+            let m = &cache.metrics;
+            prop_assert_eq!(m.hits.get(), model.hits);
+            prop_assert_eq!(m.misses.get(), model.misses);
+            prop_assert_eq!(m.evictions.get(), model.evictions);
+            prop_assert_eq!(m.insertions.get(), model.insertions);
+            prop_assert_eq!(m.verification_failures.get(), model.failures);
+            prop_assert_eq!(m.entries.get(), model.entries.len() as i64);
+            prop_assert_eq!(m.memory_bytes.get(), model.total_bytes() as i64);
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -885,73 +996,7 @@ mod tests {
             sizes in prop::collection::vec(0usize..1500, CONTENTS),
             ops in prop::collection::vec(op(), 1..80),
         ) {
-            let config = config(max_bytes, max_entries, verify_on_read);
-            let mut cache = cache(config.clone());
-            let mut model = Model::new(&config);
-            let contents: Vec<Vec<u8>> =
-                sizes.iter().enumerate().map(|(i, &len)| make_content(i, len)).collect();
-            let mut ids: Vec<ContentId> = contents.iter().map(|c| ContentId::of(c)).collect();
-            ids.push(ContentId::of(b"never inserted"));
-
-            for op in ops {
-                let before = snapshot(&cache);
-                match op {
-                    Op::Insert { content, origin } => {
-                        let (id, data) = (ids[content], &contents[content]);
-                        let result = cache.insert(id, Bytes::copy_from_slice(data), origin);
-                        prop_assert_eq!(outcome(&result), model.insert(id, data, origin));
-                    }
-                    Op::InsertUnderId { content, id_of, origin } => {
-                        let (id, data) = (ids[id_of], &contents[content]);
-                        let result = cache.insert(id, Bytes::copy_from_slice(data), origin);
-                        prop_assert_eq!(outcome(&result), model.insert(id, data, origin));
-                        if result.is_err() {
-                            prop_assert_eq!(snapshot(&cache), before, "a rejected insert changed the cache");
-                        }
-                    }
-                    Op::Get(index) => {
-                        let id = ids[index];
-                        let origin = before.iter().find(|e| e.id == id).map(|e| e.origin);
-                        let got = cache.get(&id);
-                        let expected = model.get(&id);
-                        prop_assert_eq!(got.as_deref(), expected.as_deref());
-                        if let (Some(data), Some(origin)) = (&got, origin) {
-                            let must_verify = match verify_on_read {
-                                VerifyOnRead::Never => false,
-                                VerifyOnRead::Peer => origin == Origin::Peer,
-                                VerifyOnRead::Always => true,
-                            };
-                            if must_verify {
-                                prop_assert_eq!(ContentId::of(data), id, "get returned corrupt content");
-                            }
-                        }
-                    }
-                    Op::Contains(index) => {
-                        let id = ids[index];
-                        prop_assert_eq!(cache.contains(&id), model.entries.iter().any(|e| e.id == id));
-                        prop_assert_eq!(snapshot(&cache), before, "contains changed the cache");
-                    }
-                    Op::Corrupt(index) => {
-                        let id = ids[index];
-                        prop_assert_eq!(cache.corrupt_for_tests(&id), model.corrupt(&id));
-                    }
-                }
-
-                prop_assert!(cache.len() <= max_entries);
-                prop_assert!(cache.total_bytes() <= max_bytes);
-                prop_assert_eq!(snapshot(&cache), model.entries.iter().cloned().collect::<Vec<_>>());
-                prop_assert_eq!(cache.len(), model.entries.len());
-                prop_assert_eq!(cache.is_empty(), model.entries.is_empty());
-                prop_assert_eq!(cache.total_bytes(), model.total_bytes());
-                let m = &cache.metrics;
-                prop_assert_eq!(m.hits.get(), model.hits);
-                prop_assert_eq!(m.misses.get(), model.misses);
-                prop_assert_eq!(m.evictions.get(), model.evictions);
-                prop_assert_eq!(m.insertions.get(), model.insertions);
-                prop_assert_eq!(m.verification_failures.get(), model.failures);
-                prop_assert_eq!(m.entries.get(), model.entries.len() as i64);
-                prop_assert_eq!(m.memory_bytes.get(), model.total_bytes() as i64);
-            }
+            check_against_model(config(max_bytes, max_entries, verify_on_read), &sizes, ops)?;
         }
     }
 }

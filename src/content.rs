@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheError, ContentCache, Origin};
 use crate::content_id::ContentId;
-use crate::p2p::{ContentResponse, P2pHandle};
+use crate::p2p::{ContentResponse, P2pHandle, RequestFailure};
 
 /// Content exchange settings (the `[content]` config section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +88,7 @@ impl ContentMetrics {
         );
         p2p.register(
             "content_provider_failures",
-            "Content requests to a peer that gave nothing usable, by reason (mismatch, not_found, error)",
+            "Content requests to a peer that gave nothing usable, by reason (mismatch, malformed, not_found, error)",
             m.provider_failures.clone(),
         );
         p2p.register(
@@ -364,7 +364,10 @@ async fn fetch(inner: &Inner, id: ContentId) -> Result<Bytes, ContentError> {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, %id, error = %e, "content request failed");
-                metrics.provider_failure("error");
+                metrics.provider_failure(match e {
+                    RequestFailure::Malformed(_) => "malformed",
+                    RequestFailure::Failed(_) => "error",
+                });
                 continue;
             }
             Err(_) => return Err(ContentError::Stopped),

@@ -637,7 +637,9 @@ mod tests {
         }
 
         #[test]
-        fn any_content_verifies_against_its_own_id(data in prop::collection::vec(any::<u8>(), 0..2048)) {
+        fn any_content_verifies_against_its_own_id(
+            data in prop::collection::vec(any::<u8>(), 0..2048),
+        ) {
             let id = ContentId::of(&data);
             prop_assert_eq!(id.verify(&data), Ok(()));
         }

@@ -129,7 +129,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let monitor = PeerMonitor::new(config.monitor.clone(), MonitorMetrics::register(zs));
     let cache = ContentCache::new(config.cache.clone(), CacheMetrics::register(zs));
     let store = Arc::new(ContentStore::new(cache, ContentMetrics::register(zs)));
-    let (swarm, libp2p_metrics) = p2p::build_swarm(key, &config, zs)?;
+    let (swarm, libp2p_metrics) = p2p::build_swarm(key, &config, zs, &p2p_metrics)?;
     let registry = Arc::new(registry);
 
     let listener = http::bind(config.http).await.map_err(NodeError::Http)?;

@@ -10,6 +10,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     StreamProtocol, allow_block_list, connection_limits, identify, identity::Keypair, ping,
 };
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 use super::content_protocol::{CONTENT_PROTOCOL, ContentCodec};
@@ -68,10 +69,12 @@ pub enum BehaviourError {
 
 impl Behaviour {
     /// Builds the behaviour for `key`, registering gossipsub's own metrics into `registry`.
+    /// `malformed_content` counts content requests the codec refuses.
     pub fn new(
         key: &Keypair,
         config: &Config,
         registry: &mut Registry,
+        malformed_content: Counter,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
         let l = &config.limits;
@@ -154,7 +157,7 @@ impl Behaviour {
         );
 
         let content = request_response::Behaviour::with_codec(
-            ContentCodec::new(config.content.max_object_bytes),
+            ContentCodec::new(config.content.max_object_bytes, malformed_content),
             [(CONTENT_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(10))

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::content_id::ContentId;
 
@@ -35,16 +36,47 @@ pub enum ContentResponse {
     NotFound,
 }
 
-/// Codec with a maximum object size.
+/// Why a content request to a peer produced no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestFailure {
+    /// The peer's response broke the protocol or exceeded our size limit.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// Dial failure, timeout, closed connection, unsupported protocol.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RequestFailure {
+    /// Classifies a request-response outbound failure.
+    pub fn from_outbound(error: &libp2p::request_response::OutboundFailure) -> Self {
+        match error {
+            libp2p::request_response::OutboundFailure::Io(e)
+                if e.kind() == io::ErrorKind::InvalidData =>
+            {
+                Self::Malformed(e.to_string())
+            }
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Codec with a maximum object size. Request-response reports no event when reading a
+/// request fails, so the codec counts the requests it refuses itself.
 #[derive(Debug, Clone)]
 pub struct ContentCodec {
     max_object_bytes: u64,
+    malformed_requests: Counter,
 }
 
 impl ContentCodec {
-    /// A codec that refuses responses larger than `max_object_bytes`.
-    pub fn new(max_object_bytes: u64) -> Self {
-        Self { max_object_bytes }
+    /// A codec that refuses responses larger than `max_object_bytes` and counts refused
+    /// requests in `malformed_requests`.
+    pub fn new(max_object_bytes: u64, malformed_requests: Counter) -> Self {
+        Self {
+            max_object_bytes,
+            malformed_requests,
+        }
     }
 }
 
@@ -75,10 +107,18 @@ impl request_response::Codec for ContentCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let buf = read_limited(io, MAX_REQUEST_BYTES).await?;
-        ContentId::from_bytes(&buf)
-            .map(ContentRequest)
-            .map_err(|e| invalid(format!("bad content id: {e}")))
+        let result = match read_limited(io, MAX_REQUEST_BYTES).await {
+            Ok(buf) => ContentId::from_bytes(&buf)
+                .map(ContentRequest)
+                .map_err(|e| invalid(format!("bad content id: {e}"))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result
+            && e.kind() == io::ErrorKind::InvalidData
+        {
+            self.malformed_requests.inc();
+        }
+        result
     }
 
     async fn read_response<T>(
@@ -143,7 +183,7 @@ mod tests {
 
     #[test]
     fn request_and_response_round_trip() {
-        let mut codec = ContentCodec::new(16);
+        let mut codec = ContentCodec::new(16, Counter::default());
         let id = ContentId::of(b"hello");
         let mut wire = Cursor::new(Vec::new());
         run(codec.write_request(&CONTENT_PROTOCOL, &mut wire, ContentRequest(id))).unwrap();
@@ -166,7 +206,8 @@ mod tests {
 
     #[test]
     fn oversized_and_malformed_messages_are_rejected() {
-        let mut codec = ContentCodec::new(4);
+        let refused = Counter::default();
+        let mut codec = ContentCodec::new(4, refused.clone());
         let mut big = vec![FOUND];
         big.extend_from_slice(b"12345");
         let err = run(codec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(big))).unwrap_err();
@@ -180,5 +221,6 @@ mod tests {
         let err = run(codec.read_request(&CONTENT_PROTOCOL, &mut Cursor::new(vec![1u8, 2, 3])))
             .unwrap_err();
         assert!(err.to_string().contains("bad content id"), "{err}");
+        assert_eq!(refused.get(), 2, "both refused requests are counted");
     }
 }

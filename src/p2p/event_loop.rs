@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, TOPICS};
-use super::content_protocol::{ContentRequest, ContentResponse};
+use super::content_protocol::{ContentRequest, ContentResponse, RequestFailure};
 use super::handle::{COMMAND_QUEUE, Command, NetStatus, P2pHandle};
 use super::{P2pMetrics, without_peer_id};
 use crate::config::Config;
@@ -37,7 +37,7 @@ const CONTENT_KEY_LEN: usize = 32;
 /// Most addresses kept from one provider record.
 const MAX_PROVIDER_ADDRS: usize = 8;
 
-type ContentReply = oneshot::Sender<Result<ContentResponse, String>>;
+type ContentReply = oneshot::Sender<Result<ContentResponse, RequestFailure>>;
 
 /// A configured bootstrap peer and its redial state.
 #[derive(Debug)]
@@ -387,6 +387,9 @@ impl EventLoop {
                 {
                     let (acceptance, verdict) = validate_gossip(&message);
                     self.metrics.gossip(message.topic.as_str(), verdict);
+                    if matches!(acceptance, MessageAcceptance::Reject) {
+                        self.metrics.malformed("gossipsub");
+                    }
                     self.swarm
                         .behaviour_mut()
                         .gossipsub
@@ -469,9 +472,10 @@ impl EventLoop {
                 request_id, error, ..
             } => {
                 if let Some(reply) = self.content_requests.remove(&request_id) {
-                    let _ = reply.send(Err(error.to_string()));
+                    let _ = reply.send(Err(RequestFailure::from_outbound(&error)));
                 }
             }
+            // Malformed requests never get here: the codec counts them.
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound content request failed");
             }

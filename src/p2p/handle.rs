@@ -5,7 +5,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::content_protocol::ContentResponse;
+use super::content_protocol::{ContentResponse, RequestFailure};
 use crate::content_id::ContentId;
 use crate::monitor::PeerInfo;
 
@@ -30,7 +30,7 @@ pub enum Command {
         /// The content.
         id: ContentId,
         /// Its answer (unverified), or why there is none.
-        reply: oneshot::Sender<Result<ContentResponse, String>>,
+        reply: oneshot::Sender<Result<ContentResponse, RequestFailure>>,
     },
     /// Dial an address (must end in `/p2p/<peer id>`).
     Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
@@ -156,7 +156,7 @@ impl P2pHandle {
         &self,
         peer: PeerId,
         id: ContentId,
-    ) -> Result<Result<ContentResponse, String>, HandleError> {
+    ) -> Result<Result<ContentResponse, RequestFailure>, HandleError> {
         self.ask_within(NETWORK_TIMEOUT, |reply| Command::RequestContent {
             peer,
             id,

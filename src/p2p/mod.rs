@@ -17,6 +17,7 @@ pub use behaviour::{
 };
 pub use content_protocol::{
     CONTENT_PROTOCOL, ContentCodec, ContentRequest, ContentResponse, MAX_REQUEST_BYTES,
+    RequestFailure,
 };
 pub use event_loop::EventLoop;
 pub use handle::{Command, HandleError, NetStatus, P2pHandle};
@@ -49,6 +50,11 @@ struct GossipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -58,6 +64,7 @@ struct OutcomeLabels {
 pub struct P2pMetrics {
     gossip_messages: Family<GossipLabels, Counter>,
     bootstrap_dials: Family<OutcomeLabels, Counter>,
+    malformed: Family<ProtocolLabels, Counter>,
 }
 
 impl P2pMetrics {
@@ -69,6 +76,11 @@ impl P2pMetrics {
             "gossip_messages",
             "Gossipsub messages received, by topic and validation verdict (accepted, rejected, ignored)",
             m.gossip_messages.clone(),
+        );
+        p2p.register(
+            "malformed_messages",
+            "Messages from peers refused by a decoder or validator, by protocol (content, gossipsub)",
+            m.malformed.clone(),
         );
         p2p.register(
             "bootstrap_dials",
@@ -84,6 +96,17 @@ impl P2pMetrics {
             verdict,
         });
         counter.inc();
+    }
+
+    fn malformed(&self, protocol: &'static str) {
+        self.malformed_counter(protocol).inc();
+    }
+
+    /// The counter of malformed messages of `protocol`, for decoders that run outside the
+    /// event loop (request-response codecs).
+    fn malformed_counter(&self, protocol: &'static str) -> Counter {
+        let counter = self.malformed.get_or_create(&ProtocolLabels { protocol });
+        counter.clone()
     }
 
     fn bootstrap_dial(&self, outcome: &'static str) {
@@ -112,8 +135,9 @@ pub fn build_swarm(
     key: Keypair,
     config: &Config,
     registry: &mut Registry,
+    metrics: &P2pMetrics,
 ) -> Result<(Swarm<Behaviour>, libp2p::metrics::Metrics), P2pError> {
-    let behaviour = Behaviour::new(&key, config, registry)?;
+    let behaviour = Behaviour::new(&key, config, registry, metrics.malformed_counter("content"))?;
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry);
     let mut swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
