@@ -25,11 +25,6 @@ use std::sync::atomic::AtomicU64;
 
 use crate::content_id::{ContentId, Mismatch};
 
-/// Buckets of the verification latency histogram, in seconds.
-const VERIFICATION_LATENCY_BUCKETS: [f64; 11] = [
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
-];
-
 /// When reads re-verify content against its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -144,7 +139,7 @@ impl CacheMetrics {
             misses: Counter::default(),
             insertions: Counter::default(),
             verification_failures: Counter::default(),
-            verification_latency: Histogram::new(VERIFICATION_LATENCY_BUCKETS),
+            verification_latency: Histogram::new(crate::metrics::DURATION_BUCKETS),
         };
 
         let cache = registry.sub_registry_with_prefix("cache");

@@ -27,10 +27,6 @@ use serde::Serialize;
 
 use crate::config::MonitorConfig;
 
-/// Duration buckets of the metrics contract, in seconds.
-pub const DURATION_BUCKETS: [f64; 11] = [
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
-];
 /// Weight of the newest RTT sample in the moving average.
 const EWMA_ALPHA: f64 = 0.2;
 /// At most this many protocols and addresses are kept per peer.
@@ -80,7 +76,7 @@ impl MonitorMetrics {
         let m = Self {
             active: Gauge::default(),
             pool: Gauge::default(),
-            rtt: Histogram::new(DURATION_BUCKETS),
+            rtt: Histogram::new(crate::metrics::DURATION_BUCKETS),
             by_state: Family::default(),
         };
         let p2p = registry.sub_registry_with_prefix("p2p");

@@ -20,6 +20,11 @@ pub use runtime::RuntimeCollector;
 /// Namespace of all our metrics.
 pub const NAMESPACE: &str = "zerostate";
 
+/// Duration buckets of the metrics contract, in seconds.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
+
 /// The content type `/metrics` answers with.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
