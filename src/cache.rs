@@ -148,9 +148,10 @@ impl CacheMetrics {
             "Number of entries in the content cache",
             metrics.entries.clone(),
         );
-        cache.register(
-            "memory_bytes",
+        cache.register_with_unit(
+            "memory",
             "Total bytes of content held by the content cache",
+            Unit::Bytes,
             metrics.memory_bytes.clone(),
         );
         cache.register(
@@ -250,7 +251,12 @@ impl ContentCache {
     ///
     /// Content larger than `max_bytes` is rejected with [`CacheError::TooLarge`] before it
     /// is hashed. A rejected insert leaves the cache unchanged.
-    pub fn insert(&mut self, id: ContentId, data: Bytes, origin: Origin) -> Result<(), CacheError> {
+    pub fn insert(
+        &mut self,
+        id: ContentId,
+        data: Bytes,
+        origin: Origin,
+    ) -> Result<Vec<ContentId>, CacheError> {
         let size = data.len() as u64;
         if size > self.config.max_bytes {
             return Err(CacheError::TooLarge {
@@ -262,8 +268,9 @@ impl ContentCache {
             self.metrics.verification_failures.inc();
             return Err(mismatch.into());
         }
+        let mut evicted_ids = Vec::new();
         if self.config.max_entries == 0 {
-            return Ok(());
+            return Ok(evicted_ids);
         }
 
         if let Some(old) = self.entries.pop(&id) {
@@ -272,17 +279,18 @@ impl ContentCache {
         while self.entries.len() >= self.config.max_entries
             || self.total_bytes + size > self.config.max_bytes
         {
-            let Some((_, evicted)) = self.entries.pop_lru() else {
+            let Some((evicted_id, evicted)) = self.entries.pop_lru() else {
                 break;
             };
             self.total_bytes -= evicted.data.len() as u64;
             self.metrics.evictions.inc();
+            evicted_ids.push(evicted_id);
         }
         self.entries.push(id, Entry { data, origin });
         self.total_bytes += size;
         self.metrics.insertions.inc();
         self.update_gauges();
-        Ok(())
+        Ok(evicted_ids)
     }
 
     /// Returns the content and marks it recently used; counts a hit or a miss.
@@ -759,7 +767,8 @@ mod tests {
 
     #[derive(Debug, PartialEq)]
     enum InsertOutcome {
-        Stored,
+        /// Stored; these ids were evicted, least recently used first.
+        Stored(Vec<ContentId>),
         TooLarge,
         Mismatch,
     }
@@ -818,10 +827,11 @@ mod tests {
                 return InsertOutcome::Mismatch;
             }
             self.take(&id);
+            let mut evicted = Vec::new();
             while self.entries.len() + 1 > self.max_entries
                 || self.total_bytes() + data.len() as u64 > self.max_bytes
             {
-                self.entries.pop_back();
+                evicted.extend(self.entries.pop_back().map(|e| e.id));
                 self.evictions += 1;
             }
             self.entries.push_front(ModelEntry {
@@ -830,7 +840,7 @@ mod tests {
                 origin,
             });
             self.insertions += 1;
-            InsertOutcome::Stored
+            InsertOutcome::Stored(evicted)
         }
 
         fn get(&mut self, id: &ContentId) -> Option<Vec<u8>> {
@@ -873,9 +883,9 @@ mod tests {
             .collect()
     }
 
-    fn outcome(result: &Result<(), CacheError>) -> InsertOutcome {
+    fn outcome(result: &Result<Vec<ContentId>, CacheError>) -> InsertOutcome {
         match result {
-            Ok(()) => InsertOutcome::Stored,
+            Ok(evicted) => InsertOutcome::Stored(evicted.clone()),
             Err(CacheError::TooLarge { .. }) => InsertOutcome::TooLarge,
             Err(CacheError::Mismatch { .. }) => InsertOutcome::Mismatch,
         }

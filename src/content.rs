@@ -199,6 +199,9 @@ pub enum ContentError {
         /// How many providers sent bad bytes.
         bad: usize,
     },
+    /// Too many fetches are running; try again shortly.
+    #[error("too many content fetches in progress; try again shortly")]
+    Busy,
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
@@ -206,12 +209,34 @@ pub enum ContentError {
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, ContentError>>>;
 
+/// Most fetches from the network running at once; more get [`ContentError::Busy`].
+const MAX_INFLIGHT_FETCHES: usize = 256;
+
 struct Inner {
     store: Arc<ContentStore>,
     p2p: P2pHandle,
     config: ContentConfig,
     inflight: Mutex<HashMap<ContentId, SharedFetch>>,
     strikes: Mutex<HashMap<PeerId, u32>>,
+}
+
+impl Inner {
+    fn strikes(&self) -> MutexGuard<'_, HashMap<PeerId, u32>> {
+        self.strikes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn inflight(&self) -> MutexGuard<'_, HashMap<ContentId, SharedFetch>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores verified content and keeps the provider records in step with the cache:
+    /// announce what was stored, withdraw what was evicted.
+    async fn store(&self, id: ContentId, data: Bytes, origin: Origin) -> Result<(), CacheError> {
+        let evicted = self.store.cache().insert(id, data, origin)?;
+        // Fails only when the node is shutting down, when provider records no longer matter.
+        let _ = self.p2p.update_provided(vec![id], evicted).await;
+        Ok(())
+    }
 }
 
 /// What the HTTP API uses: put, get (local or network), has.
@@ -249,19 +274,11 @@ impl ContentService {
             });
         }
         let id = ContentId::of(&data);
-        match self.inner.store.cache().insert(id, data, Origin::Local) {
-            Ok(()) => {}
-            Err(CacheError::TooLarge { size, max }) => {
-                return Err(ContentError::TooLarge { size, max });
-            }
+        match self.inner.store(id, data, Origin::Local).await {
+            Ok(()) => Ok(id),
+            Err(CacheError::TooLarge { size, max }) => Err(ContentError::TooLarge { size, max }),
             Err(e @ CacheError::Mismatch { .. }) => unreachable!("id computed from data: {e}"),
         }
-        self.inner
-            .p2p
-            .provide(id)
-            .await
-            .map_err(|_| ContentError::Stopped)?;
-        Ok(id)
     }
 
     /// Whether this node holds `id` (no network access).
@@ -270,21 +287,23 @@ impl ContentService {
     }
 
     /// Returns the content: from the cache, or fetched from the network and verified.
+    ///
+    /// The fetch runs in its own task, bounded by `content.fetch_timeout_ms`, so it finishes
+    /// (and leaves the in-flight table) even if every caller gives up.
     pub async fn get(&self, id: ContentId) -> Result<Bytes, ContentError> {
         if let Some(data) = self.inner.store.cache().get(&id) {
             return Ok(data);
         }
         let fetch = {
-            let mut inflight = self
-                .inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            inflight
-                .entry(id)
-                .or_insert_with(|| {
+            let mut inflight = self.inner.inflight();
+            match inflight.get(&id) {
+                Some(fetch) => fetch.clone(),
+                None => {
+                    if inflight.len() >= MAX_INFLIGHT_FETCHES {
+                        return Err(ContentError::Busy);
+                    }
                     let inner = self.inner.clone();
-                    async move {
+                    let task = tokio::spawn(async move {
                         let limit = Duration::from_millis(inner.config.fetch_timeout_ms);
                         let result = match tokio::time::timeout(limit, fetch(&inner, id)).await {
                             Ok(r) => r,
@@ -296,35 +315,47 @@ impl ContentService {
                                 })
                             }
                         };
-                        inner
-                            .inflight
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&id);
+                        inner.inflight().remove(&id);
                         result
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+                    });
+                    let fetch = async move { task.await.unwrap_or(Err(ContentError::Stopped)) }
+                        .boxed()
+                        .shared();
+                    inflight.insert(id, fetch.clone());
+                    fetch
+                }
+            }
         };
         fetch.await
     }
 
     /// How often `peer` sent content that failed verification.
     pub fn strikes(&self, peer: &PeerId) -> u32 {
-        strikes(&self.inner, peer)
+        self.inner.strikes().get(peer).copied().unwrap_or(0)
     }
-}
 
-fn strikes(inner: &Inner, peer: &PeerId) -> u32 {
-    let strikes = inner.strikes.lock().unwrap_or_else(|e| e.into_inner());
-    strikes.get(peer).copied().unwrap_or(0)
+    /// The order in which this node asks `peers` for content: penalised peers last; among
+    /// equals, an order keyed by this node's id, so different nodes spread their requests
+    /// over different providers while each node's order is stable.
+    pub fn rank_candidates(&self, mut peers: Vec<PeerId>) -> Vec<PeerId> {
+        let local = self.inner.p2p.local_peer_id().to_bytes();
+        let strikes = self.inner.strikes();
+        peers.sort_by_cached_key(|p| {
+            let mut h = blake3::Hasher::new();
+            h.update(&local);
+            h.update(&p.to_bytes());
+            (
+                strikes.get(p).copied().unwrap_or(0),
+                *h.finalize().as_bytes(),
+            )
+        });
+        peers
+    }
 }
 
 /// Penalises a provider that sent bytes not matching the id.
 fn penalise(inner: &Inner, peer: PeerId) {
-    let mut strikes = inner.strikes.lock().unwrap_or_else(|e| e.into_inner());
+    let mut strikes = inner.strikes();
     if strikes.len() >= MAX_STRIKE_RECORDS && !strikes.contains_key(&peer) {
         // Forget the least penalised peer to stay bounded.
         if let Some(min) = strikes.iter().min_by_key(|(_, n)| **n).map(|(p, _)| *p) {
@@ -336,13 +367,15 @@ fn penalise(inner: &Inner, peer: PeerId) {
 }
 
 /// Finds candidates and asks them one by one until one sends bytes that verify.
-async fn fetch(inner: &Inner, id: ContentId) -> Result<Bytes, ContentError> {
+async fn fetch(inner: &Arc<Inner>, id: ContentId) -> Result<Bytes, ContentError> {
     let p2p = &inner.p2p;
     let local = p2p.local_peer_id();
-    let mut candidates = p2p
-        .find_providers(id)
-        .await
-        .map_err(|_| ContentError::Stopped)?;
+    // The DHT gets half the budget; connected peers are asked either way.
+    let dht_budget = Duration::from_millis(inner.config.fetch_timeout_ms / 2);
+    let mut candidates = match tokio::time::timeout(dht_budget, p2p.find_providers(id)).await {
+        Ok(found) => found.map_err(|_| ContentError::Stopped)?,
+        Err(_) => Vec::new(),
+    };
     for peer in p2p
         .connected_peers()
         .await
@@ -353,8 +386,10 @@ async fn fetch(inner: &Inner, id: ContentId) -> Result<Bytes, ContentError> {
         }
     }
     candidates.retain(|p| *p != local);
-    // Penalised peers last; then by peer id, so the order is deterministic.
-    candidates.sort_by_key(|p| (strikes(inner, p), *p));
+    let service = ContentService {
+        inner: inner.clone(),
+    };
+    let mut candidates = service.rank_candidates(candidates);
     candidates.truncate(inner.config.max_candidates);
 
     let metrics = &inner.store.metrics;
@@ -380,8 +415,7 @@ async fn fetch(inner: &Inner, id: ContentId) -> Result<Bytes, ContentError> {
             }
         };
         let len = data.len() as u64;
-        let stored = inner.store.cache().insert(id, data.clone(), Origin::Peer);
-        match stored {
+        match inner.store(id, data.clone(), Origin::Peer).await {
             Ok(()) => {}
             Err(CacheError::Mismatch { .. }) => {
                 bad += 1;
@@ -389,7 +423,7 @@ async fn fetch(inner: &Inner, id: ContentId) -> Result<Bytes, ContentError> {
                 penalise(inner, *peer);
                 continue;
             }
-            // Verified but larger than the whole cache: return it without caching.
+            // Larger than the whole cache: verify, and return it without caching.
             Err(CacheError::TooLarge { .. }) => {
                 if ContentId::of(&data) != id {
                     bad += 1;
@@ -402,8 +436,6 @@ async fn fetch(inner: &Inner, id: ContentId) -> Result<Bytes, ContentError> {
         metrics.bytes_fetched.inc_by(len);
         metrics.fetch("fetched");
         tracing::debug!(%peer, %id, bytes = len, tried = asked + 1, "fetched content");
-        // Now a provider too.
-        let _ = p2p.provide(id).await;
         return Ok(data);
     }
     if bad > 0 {

@@ -20,7 +20,7 @@ const CODEC_RAW: u64 = 0x55;
 /// Multihash code of BLAKE3.
 const MULTIHASH_BLAKE3: u64 = 0x1e;
 /// Length of a BLAKE3-256 digest in bytes.
-const DIGEST_LEN: usize = 32;
+pub const DIGEST_LEN: usize = 32;
 /// Prefix of every binary CID we write: version, codec, hash code, digest length.
 /// Each of these values is below 0x80, so each varint is a single byte.
 const BINARY_PREFIX: [u8; 4] = [

@@ -50,11 +50,12 @@ pub struct ApiState {
     token: Arc<str>,
     bootstrap_configured: bool,
     token_hint: Arc<str>,
+    loopback_only: bool,
 }
 
 impl ApiState {
-    /// State for a node: its frozen registry, its swarm handle and the API token.
-    /// `token_hint` tells a refused client where to find the token.
+    /// State for a node: its frozen registry, its swarm and content handles and the API
+    /// token. `token_hint` tells a refused client where to find the token.
     pub fn new(
         registry: Arc<Registry>,
         p2p: P2pHandle,
@@ -70,7 +71,15 @@ impl ApiState {
             token: token.into(),
             bootstrap_configured,
             token_hint: token_hint.into(),
+            loopback_only: true,
         }
+    }
+
+    /// Whether the server listens on loopback only; then requests must name a loopback
+    /// host (`localhost`, `127.x.x.x`, `[::1]`) in `Host`, which defeats DNS rebinding.
+    pub fn with_loopback_only(mut self, loopback_only: bool) -> Self {
+        self.loopback_only = loopback_only;
+        self
     }
 }
 
@@ -134,11 +143,46 @@ pub fn router(state: ApiState, config: &ApiConfig, max_object_bytes: u64) -> Rou
         .layer(DefaultBodyLimit::max(object_limit))
         .layer(RequestBodyLimitLayer::new(object_limit));
     json.merge(content)
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.request_timeout_ms),
         ))
         .with_state(state)
+}
+
+/// Whether a `Host` header value names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses requests whose `Host` is not a loopback name when the server is loopback-only:
+/// a web page whose domain resolves to 127.0.0.1 must not reach the API.
+async fn check_host(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.loopback_only
+        && let Some(host) = headers.get(header::HOST)
+    {
+        let host = host.to_str().unwrap_or("");
+        if !is_loopback_host(host) {
+            let message = format!(
+                "Host `{host}` is not allowed: this API listens on loopback and answers only to localhost, 127.0.0.1 or [::1]"
+            );
+            return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn require_token(
@@ -242,7 +286,7 @@ impl From<ContentError> for ApiError {
             ContentError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ContentError::NotFound { .. } | ContentError::TimedOut { .. } => StatusCode::NOT_FOUND,
             ContentError::Invalid { .. } => StatusCode::BAD_GATEWAY,
-            ContentError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            ContentError::Busy | ContentError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::new(status, e.to_string())
     }
@@ -311,6 +355,36 @@ async fn dial(
         .await?
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "dialing": true }))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:9464",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "127.1.2.3:1",
+            "[::1]:9464",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9464",
+            "10.0.0.1:80",
+            "[2001:db8::1]:80",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -127,12 +127,7 @@ fn read_private(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
 pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
     let path = data_dir.join(KEY_FILE);
     match read_private(&path)? {
-        Some(bytes) => {
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })
-        }
+        Some(bytes) => decode_key(&path, &bytes),
         None => {
             let key = Keypair::generate_ed25519();
             write_key(&path, &key)?;
@@ -145,13 +140,15 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
 pub fn load(data_dir: &Path) -> Result<Option<Keypair>, IdentityError> {
     let path = data_dir.join(KEY_FILE);
     read_private(&path)?
-        .map(|bytes| {
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })
-        })
+        .map(|bytes| decode_key(&path, &bytes))
         .transpose()
+}
+
+fn decode_key(path: &Path, bytes: &[u8]) -> Result<Keypair, IdentityError> {
+    Keypair::from_protobuf_encoding(bytes).map_err(|e| IdentityError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Creates a new identity key in `data_dir`; refuses to overwrite one.

@@ -156,9 +156,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         p2p.clone(),
         content.clone(),
         api_token.clone(),
-        !config.bootstrap.is_empty(),
+        config
+            .bootstrap_peers()
+            .iter()
+            .any(|(id, _)| *id != peer_id),
         token_hint,
-    );
+    )
+    .with_loopback_only(config.http_is_loopback());
     let app = http::router(state, &config.api, config.content.max_object_bytes);
     tasks.spawn(http::serve(
         listener,
@@ -194,14 +198,24 @@ async fn write_runtime_info(
     cancel: CancellationToken,
 ) {
     let mut status = p2p.watch_status();
+    let mut written: Option<Vec<String>> = None;
     loop {
-        let listen_addrs = status
+        let listen_addrs: Vec<String> = status
             .borrow_and_update()
             .listen_addrs
             .iter()
             .map(ToString::to_string)
             .collect();
-        write_info_file(&data_dir, p2p.local_peer_id(), listen_addrs, http_addr);
+        // The status also changes with every connection; rewrite only when addresses do.
+        if written.as_ref() != Some(&listen_addrs) {
+            write_info_file(
+                &data_dir,
+                p2p.local_peer_id(),
+                listen_addrs.clone(),
+                http_addr,
+            );
+            written = Some(listen_addrs);
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             changed = status.changed() => if changed.is_err() { return },

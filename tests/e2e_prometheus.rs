@@ -131,13 +131,21 @@ async fn prometheus_scrapes_a_three_node_devnet() {
     assert!(info_ok, "zerostate_build_info present for each node");
 
     // The nodes found each other: each reports two connected peers.
-    let result = query(&client, &base, "zerostate_p2p_connection_pool_size >= 2")
-        .await
-        .unwrap();
-    assert_eq!(result.len(), 3, "every node has 2 peers: {result:?}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let result = query(&client, &base, "zerostate_p2p_connection_pool_size >= 2").await;
+        if result.as_ref().is_some_and(|r| r.len() == 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every node has 2 peers: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // The alert and recording rules loaded, and each evaluates without error.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let rules: serde_json::Value = client
             .get(format!("{base}/api/v1/rules"))

@@ -151,6 +151,31 @@ async fn half_a_request_is_disconnected_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_foreign_host_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path(), vec![])).await;
+    let ask = |host: &'static str| {
+        let addr = node.http_addr();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request =
+                format!("GET /api/v1/peers HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            stream.read_to_end(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf).into_owned()
+        }
+    };
+    // A page on evil.example whose name resolves to 127.0.0.1 (DNS rebinding).
+    let refused = ask("evil.example:9464").await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("not allowed"), "{refused}");
+    let allowed = ask("localhost:9464").await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn metrics_are_openmetrics_with_one_eof() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(test_config(dir.path(), vec![])).await;

@@ -81,11 +81,12 @@ async fn a_stopped_peer_goes_suspect_then_dead_then_is_dropped() {
                 assert!(!p.connected);
                 let state = serde_json::to_value(p.state).unwrap();
                 let state = state.as_str().unwrap().to_owned();
-                // The state matches the configured thresholds for how long it has been unseen.
+                // Each state follows from the configured thresholds and how long the peer has
+                // been unseen, as the node itself reports it.
                 match state.as_str() {
-                    "suspect" => assert!(p.last_seen_secs_ago >= 1.0 && p.last_seen_secs_ago < 3.0),
-                    "dead" => assert!(p.last_seen_secs_ago >= 2.0 && p.last_seen_secs_ago < 4.0),
-                    _ => {}
+                    "suspect" => assert!(p.last_seen_secs_ago >= 1.0, "{p:?}"),
+                    "dead" => assert!(p.last_seen_secs_ago >= 2.0, "{p:?}"),
+                    _ => assert!(p.last_seen_secs_ago < 2.0, "{p:?}"),
                 }
                 if seen_api.last() != Some(&state) {
                     seen_api.push(state);
@@ -99,7 +100,13 @@ async fn a_stopped_peer_goes_suspect_then_dead_then_is_dropped() {
             }
         }
     }
-    assert_eq!(seen_api, ["alive", "suspect", "dead"], "API steps");
+    // The first poll may already find it suspect; after that, every step in order.
+    let seen_api: Vec<&str> = seen_api
+        .iter()
+        .map(String::as_str)
+        .skip_while(|s| *s == "alive")
+        .collect();
+    assert_eq!(seen_api, ["suspect", "dead"], "API steps");
     assert_eq!(seen_metrics, ["suspect", "dead"], "metric steps");
     let text = scrape(&watcher).await;
     assert_eq!(

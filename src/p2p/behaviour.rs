@@ -110,6 +110,10 @@ impl Behaviour {
             peer_id,
             MemoryStoreConfig {
                 max_value_bytes: MAX_KAD_RECORD_BYTES,
+                // One key per cached object of ours, plus the bounded records of others
+                // (the event loop evicts those beyond MAX_REMOTE_PROVIDER_RECORDS).
+                max_provided_keys: config.cache.max_entries
+                    + super::event_loop::MAX_REMOTE_PROVIDER_RECORDS,
                 ..Default::default()
             },
         );

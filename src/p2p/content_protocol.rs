@@ -18,7 +18,7 @@ use crate::content_id::ContentId;
 /// The protocol name.
 pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/zerostate/content/1");
 /// Largest request: a binary CID.
-pub const MAX_REQUEST_BYTES: u64 = 64;
+pub const MAX_REQUEST_BYTES: u64 = ContentId::MAX_BINARY_LEN as u64;
 
 const FOUND: u8 = 1;
 const NOT_FOUND: u8 = 0;

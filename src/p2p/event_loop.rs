@@ -33,11 +33,17 @@ const TICK: Duration = Duration::from_millis(250);
 /// A provider search stops once it has found this many providers.
 const ENOUGH_PROVIDERS: usize = 8;
 /// Provider records are accepted only for keys of this length (a BLAKE3 digest).
-const CONTENT_KEY_LEN: usize = 32;
+const CONTENT_KEY_LEN: usize = crate::content_id::DIGEST_LEN;
 /// Most addresses kept from one provider record.
 const MAX_PROVIDER_ADDRS: usize = 8;
+/// Most provider records of other peers kept; the least recently announced go first.
+pub(crate) const MAX_REMOTE_PROVIDER_RECORDS: usize = 8192;
 
 type ContentReply = oneshot::Sender<Result<ContentResponse, RequestFailure>>;
+
+/// A connection to a bootstrap peer must last this long before its redial backoff resets,
+/// so a peer that accepts and drops at once is not redialed at the initial rate forever.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// A configured bootstrap peer and its redial state.
 #[derive(Debug)]
@@ -45,6 +51,7 @@ struct BootstrapPeer {
     id: PeerId,
     addr: Multiaddr,
     connected: bool,
+    connected_at: Option<Instant>,
     dialing: bool,
     backoff: Duration,
     next_dial: Instant,
@@ -60,6 +67,8 @@ pub struct EventLoop {
     monitor: PeerMonitor,
     content: Arc<ContentStore>,
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    /// Provider records stored for other peers, to bound them apart from our own.
+    remote_providers: lru::LruCache<(kad::RecordKey, PeerId), ()>,
     content_requests: HashMap<OutboundRequestId, ContentReply>,
     bootstrap: Vec<BootstrapPeer>,
     backoff_initial: Duration,
@@ -97,6 +106,7 @@ impl EventLoop {
                 id,
                 addr,
                 connected: false,
+                connected_at: None,
                 dialing: false,
                 backoff: initial,
                 next_dial: now,
@@ -111,6 +121,7 @@ impl EventLoop {
             monitor,
             content,
             provider_queries: HashMap::new(),
+            remote_providers: lru::LruCache::unbounded(),
             content_requests: HashMap::new(),
             bootstrap,
             backoff_initial: initial,
@@ -142,12 +153,12 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => {
                     self.dial_due_bootstrap_peers();
                     let dead = self.monitor.tick(Instant::now());
                     self.disconnect_dead(dead);
                 }
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
         }
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -182,10 +193,19 @@ impl EventLoop {
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.monitor.connected_peers().collect());
             }
-            Command::Provide(id, reply) => {
-                let key = kad::RecordKey::new(id.digest());
-                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
-                    tracing::warn!(%id, error = %e, "cannot announce provider record");
+            Command::UpdateProvided {
+                provide,
+                withdraw,
+                reply,
+            } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                for id in withdraw {
+                    kad.stop_providing(&kad::RecordKey::new(id.digest()));
+                }
+                for id in provide {
+                    if let Err(e) = kad.start_providing(kad::RecordKey::new(id.digest())) {
+                        tracing::warn!(%id, error = %e, "cannot announce provider record");
+                    }
                 }
                 let _ = reply.send(());
             }
@@ -310,11 +330,21 @@ impl EventLoop {
                     num_established,
                 );
                 if num_established == 0 {
-                    let initial = self.backoff_initial;
+                    let (initial, max) = (self.backoff_initial, self.backoff_max);
                     if let Some(b) = self.bootstrap.iter_mut().find(|b| b.id == peer_id) {
-                        tracing::info!(peer = %peer_id, "lost bootstrap peer; will redial");
+                        let stable = b
+                            .connected_at
+                            .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION);
+                        if stable {
+                            b.backoff = initial;
+                        }
+                        tracing::info!(peer = %peer_id, retry_in = ?b.backoff, "lost bootstrap peer; will redial");
                         b.connected = false;
-                        b.next_dial = Instant::now() + initial;
+                        b.connected_at = None;
+                        b.next_dial = Instant::now() + b.backoff;
+                        if !stable {
+                            b.backoff = (b.backoff * 2).min(max);
+                        }
                     }
                 }
                 self.publish_status();
@@ -335,7 +365,6 @@ impl EventLoop {
     }
 
     fn on_bootstrap_connected(&mut self, peer: PeerId) {
-        let initial = self.backoff_initial;
         let Some(b) = self.bootstrap.iter_mut().find(|b| b.id == peer) else {
             return;
         };
@@ -343,8 +372,8 @@ impl EventLoop {
             return;
         }
         b.connected = true;
+        b.connected_at = Some(Instant::now());
         b.dialing = false;
-        b.backoff = initial;
         self.metrics.bootstrap_dial("connected");
         tracing::info!(%peer, "connected to bootstrap peer");
         // Find the rest of the network through the bootstrap peer's routing table.
@@ -387,9 +416,6 @@ impl EventLoop {
                 {
                     let (acceptance, verdict) = validate_gossip(&message);
                     self.metrics.gossip(message.topic.as_str(), verdict);
-                    if matches!(acceptance, MessageAcceptance::Reject) {
-                        self.metrics.malformed("gossipsub");
-                    }
                     self.swarm
                         .behaviour_mut()
                         .gossipsub
@@ -527,14 +553,19 @@ impl EventLoop {
                 let allow_private = self.allow_private_addrs;
                 record.addresses.retain(|a| dialable(a, allow_private));
                 record.addresses.truncate(MAX_PROVIDER_ADDRS);
-                if let Err(e) = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .store_mut()
-                    .add_provider(record)
-                {
+                let slot = (record.key.clone(), record.provider);
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                if let Err(e) = store.add_provider(record) {
                     tracing::debug!(error = %e, "provider record not stored");
+                    return;
+                }
+                if self.remote_providers.get(&slot).is_none() {
+                    self.remote_providers.push(slot, ());
+                    if self.remote_providers.len() > MAX_REMOTE_PROVIDER_RECORDS
+                        && let Some(((key, provider), ())) = self.remote_providers.pop_lru()
+                    {
+                        store.remove_provider(&key, &provider);
+                    }
                 }
             }
             kad::Event::OutboundQueryProgressed {
@@ -585,11 +616,9 @@ fn is_global(ip: IpAddr) -> bool {
 }
 
 /// Decides whether a gossip message is forwarded. No topic has a message format yet (the
-/// market defines them), so every message is ignored: not forwarded, not penalised.
-fn validate_gossip(message: &gossipsub::Message) -> (MessageAcceptance, &'static str) {
-    if !TOPICS.contains(&message.topic.as_str()) {
-        return (MessageAcceptance::Reject, "rejected");
-    }
+/// market defines them), so every message is ignored: not forwarded, not penalised. (The
+/// subscription filter already keeps messages of other topics out.)
+fn validate_gossip(_message: &gossipsub::Message) -> (MessageAcceptance, &'static str) {
     (MessageAcceptance::Ignore, "ignored")
 }
 

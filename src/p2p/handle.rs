@@ -19,8 +19,15 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     /// List connected peer ids.
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
-    /// Announce this node as a provider of content.
-    Provide(ContentId, oneshot::Sender<()>),
+    /// Announce this node as a provider of some content and withdraw it for other content.
+    UpdateProvided {
+        /// Content now held.
+        provide: Vec<ContentId>,
+        /// Content no longer held.
+        withdraw: Vec<ContentId>,
+        /// Done.
+        reply: oneshot::Sender<()>,
+    },
     /// Find providers of content through Kademlia.
     FindProviders(ContentId, oneshot::Sender<Vec<PeerId>>),
     /// Ask one peer for content.
@@ -140,9 +147,19 @@ impl P2pHandle {
         self.ask(Command::ConnectedPeers).await
     }
 
-    /// Announces this node as a provider of `id` (a Kademlia provider record).
-    pub async fn provide(&self, id: ContentId) -> Result<(), HandleError> {
-        self.ask(|tx| Command::Provide(id, tx)).await
+    /// Announces this node as a provider of `provide` and withdraws its provider records for
+    /// `withdraw` (Kademlia provider records).
+    pub async fn update_provided(
+        &self,
+        provide: Vec<ContentId>,
+        withdraw: Vec<ContentId>,
+    ) -> Result<(), HandleError> {
+        self.ask(|reply| Command::UpdateProvided {
+            provide,
+            withdraw,
+            reply,
+        })
+        .await
     }
 
     /// Providers of `id` found through Kademlia (possibly none).

@@ -74,12 +74,12 @@ impl P2pMetrics {
         let p2p = registry.sub_registry_with_prefix("p2p");
         p2p.register(
             "gossip_messages",
-            "Gossipsub messages received, by topic and validation verdict (accepted, rejected, ignored)",
+            "Gossipsub messages received, by topic and validation verdict (ignored until the market defines message formats)",
             m.gossip_messages.clone(),
         );
         p2p.register(
             "malformed_messages",
-            "Messages from peers refused by a decoder or validator, by protocol (content, gossipsub)",
+            "Messages from peers refused by a decoder, by protocol (content)",
             m.malformed.clone(),
         );
         p2p.register(
@@ -96,10 +96,6 @@ impl P2pMetrics {
             verdict,
         });
         counter.inc();
-    }
-
-    fn malformed(&self, protocol: &'static str) {
-        self.malformed_counter(protocol).inc();
     }
 
     /// The counter of malformed messages of `protocol`, for decoders that run outside the
