@@ -22,6 +22,8 @@ use crate::p2p::{self, EventLoop, P2pError, P2pHandle, P2pMetrics};
 
 /// Name of the file, in the data dir, that tells tools where a running node can be reached.
 pub const NODE_INFO_FILE: &str = "node.json";
+/// Name of the lock file that keeps two nodes from sharing one data dir (and one identity).
+pub const LOCK_FILE: &str = "lock";
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,36 @@ pub enum NodeError {
     /// The HTTP server could not bind.
     #[error("{0}")]
     Http(std::io::Error),
+    /// Another process holds the data dir.
+    #[error("data dir {0} is in use by another zerostate node; give each node its own --data-dir")]
+    DataDirInUse(PathBuf),
+    /// The lock file could not be opened.
+    #[error("cannot open lock file {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Takes the data dir's lock; it is held until the returned file is dropped.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| NodeError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirInUse(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(NodeError::Lock { path, source }),
+    }
 }
 
 /// A running node.
@@ -47,6 +79,7 @@ pub struct NodeHandle {
     registry: Arc<Registry>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    _lock: std::fs::File,
 }
 
 impl NodeHandle {
@@ -110,6 +143,7 @@ struct RuntimeInfo<'a> {
 pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let data_dir = config.data_dir.clone();
     identity::ensure_dir(&data_dir)?;
+    let lock = lock_data_dir(&data_dir)?;
     let key = identity::load_or_create(&data_dir)?;
     let peer_id = key.public().to_peer_id();
     let api_token = identity::load_or_create_token(&data_dir, &config.api_token)?;
@@ -187,6 +221,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         registry,
         cancel,
         tasks,
+        _lock: lock,
     })
 }
 

@@ -153,6 +153,12 @@ async fn restarted_node_keeps_its_peer_id_and_private_key_file() {
     node.shutdown().await;
     let node = start(test_config(dir.path(), vec![])).await;
     assert_eq!(node.peer_id(), id);
+    // A second node on the same data dir (the same identity) is refused while this one runs.
+    let err = zerostate::start(test_config(dir.path(), vec![]))
+        .await
+        .err()
+        .expect("second node on one data dir is refused");
+    assert!(err.to_string().contains("in use"), "{err}");
     for file in ["identity.key", "api-token"] {
         let mode = std::fs::metadata(dir.path().join(file))
             .unwrap()
