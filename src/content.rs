@@ -17,6 +17,8 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use libp2p::PeerId;
 use prometheus_client::encoding::EncodeLabelSet;
+
+use crate::metrics::OutcomeLabels;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
@@ -53,11 +55,6 @@ const MAX_STRIKE_RECORDS: usize = 1024;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
 }
 
 /// Content exchange metrics (no peer labels).

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use libp2p::{Swarm, SwarmBuilder, identity::Keypair, noise, tcp, yamux};
 use prometheus_client::encoding::EncodeLabelSet;
+
+use crate::metrics::OutcomeLabels;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
 
@@ -52,11 +54,6 @@ struct GossipLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabels {
     protocol: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
 }
 
 /// Our own swarm-level metrics (libp2p-metrics covers the protocol internals).
