@@ -1,6 +1,7 @@
 //! The composed network behaviour: limits and the block list first, then the protocols.
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
@@ -36,6 +37,34 @@ pub const TOPICS: &[&str] = &[
 /// The agent string announced through identify.
 pub fn agent_version() -> String {
     format!("zerostate/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Gossipsub peer scoring (off in rust-libp2p unless set). Invalid messages cost the most:
+/// about three tolerated before a peer reaches the graylist threshold (-80). Mesh delivery
+/// rates are not scored: our topics are quiet between auctions, and a quiet mesh must not
+/// look like a failing one. Loopback peers are exempt from the IP colocation penalty (they
+/// can only be local processes, as on a devnet).
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    let mut params = gossipsub::PeerScoreParams::default();
+    params.ip_colocation_factor_whitelist.extend([
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ]);
+    let tolerated: f64 = 3.0;
+    for topic in TOPICS {
+        let topic_params = gossipsub::TopicScoreParams {
+            topic_weight: 1.0,
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
+            invalid_message_deliveries_weight: -80.0 / (tolerated * tolerated),
+            invalid_message_deliveries_decay: 0.5,
+            ..Default::default()
+        };
+        params
+            .topics
+            .insert(IdentTopic::new(*topic).hash(), topic_params);
+    }
+    params
 }
 
 /// Every protocol of the node, in one behaviour. Connection limits come first so a refused
@@ -144,12 +173,14 @@ impl Behaviour {
                 .map(|t| IdentTopic::new(*t).hash())
                 .collect::<HashSet<_>>(),
         );
-        let metrics_config = gossipsub::MetricsConfig {
+        let thresholds = gossipsub::PeerScoreThresholds::default();
+        let mut metrics_config = gossipsub::MetricsConfig {
             max_topics: TOPICS.len(),
             max_never_subscribed_topics: 0,
             ..Default::default()
         };
-        let gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
+        metrics_config.buckets_using_scoring_thresholds(&thresholds);
+        let mut gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
             MessageAuthenticity::Signed(key.clone()),
             gossip_config,
             filter,
@@ -159,6 +190,9 @@ impl Behaviour {
             registry.sub_registry_with_prefix("gossipsub"),
             metrics_config,
         );
+        gossipsub
+            .with_peer_score(peer_score_params(), thresholds)
+            .map_err(BehaviourError::Gossipsub)?;
 
         let content = request_response::Behaviour::with_codec(
             ContentCodec::new(config.content.max_object_bytes, malformed_content),
