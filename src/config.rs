@@ -507,15 +507,6 @@ impl Config {
     pub fn idle_connection_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.idle_connection_timeout_secs)
     }
-
-    /// Every config key with the environment variable that sets it, in key order.
-    pub fn env_vars() -> Vec<(String, String)> {
-        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
-        flatten(&defaults)
-            .into_keys()
-            .map(|k| (env_name(&k), k))
-            .collect()
-    }
 }
 
 /// The peer id at the end of a bootstrap address, or a message saying what is wrong.

@@ -226,9 +226,25 @@ impl Inner {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// See [`ContentService::rank_candidates`].
+    fn rank(&self, mut peers: Vec<PeerId>) -> Vec<PeerId> {
+        let local = self.p2p.local_peer_id().to_bytes();
+        let strikes = self.strikes();
+        peers.sort_by_cached_key(|p| {
+            let mut h = blake3::Hasher::new();
+            h.update(&local);
+            h.update(&p.to_bytes());
+            (
+                strikes.get(p).copied().unwrap_or(0),
+                *h.finalize().as_bytes(),
+            )
+        });
+        peers
+    }
+
     /// Stores verified content and keeps the provider records in step with the cache:
     /// announce what was stored, withdraw what was evicted.
-    async fn store(&self, id: ContentId, data: Bytes, origin: Origin) -> Result<(), CacheError> {
+    async fn keep(&self, id: ContentId, data: Bytes, origin: Origin) -> Result<(), CacheError> {
         let evicted = self.store.cache().insert(id, data, origin)?;
         // Fails only when the node is shutting down, when provider records no longer matter.
         let _ = self.p2p.update_provided(vec![id], evicted).await;
@@ -271,7 +287,7 @@ impl ContentService {
             });
         }
         let id = ContentId::of(&data);
-        match self.inner.store(id, data, Origin::Local).await {
+        match self.inner.keep(id, data, Origin::Local).await {
             Ok(()) => Ok(id),
             Err(CacheError::TooLarge { size, max }) => Err(ContentError::TooLarge { size, max }),
             Err(e @ CacheError::Mismatch { .. }) => unreachable!("id computed from data: {e}"),
@@ -334,19 +350,8 @@ impl ContentService {
     /// The order in which this node asks `peers` for content: penalised peers last; among
     /// equals, an order keyed by this node's id, so different nodes spread their requests
     /// over different providers while each node's order is stable.
-    pub fn rank_candidates(&self, mut peers: Vec<PeerId>) -> Vec<PeerId> {
-        let local = self.inner.p2p.local_peer_id().to_bytes();
-        let strikes = self.inner.strikes();
-        peers.sort_by_cached_key(|p| {
-            let mut h = blake3::Hasher::new();
-            h.update(&local);
-            h.update(&p.to_bytes());
-            (
-                strikes.get(p).copied().unwrap_or(0),
-                *h.finalize().as_bytes(),
-            )
-        });
-        peers
+    pub fn rank_candidates(&self, peers: Vec<PeerId>) -> Vec<PeerId> {
+        self.inner.rank(peers)
     }
 }
 
@@ -364,7 +369,7 @@ fn penalise(inner: &Inner, peer: PeerId) {
 }
 
 /// Finds candidates and asks them one by one until one sends bytes that verify.
-async fn fetch(inner: &Arc<Inner>, id: ContentId) -> Result<Bytes, ContentError> {
+async fn fetch(inner: &Inner, id: ContentId) -> Result<Bytes, ContentError> {
     let p2p = &inner.p2p;
     let local = p2p.local_peer_id();
     // The DHT gets half the budget; connected peers are asked either way.
@@ -383,10 +388,7 @@ async fn fetch(inner: &Arc<Inner>, id: ContentId) -> Result<Bytes, ContentError>
         }
     }
     candidates.retain(|p| *p != local);
-    let service = ContentService {
-        inner: inner.clone(),
-    };
-    let mut candidates = service.rank_candidates(candidates);
+    let mut candidates = inner.rank(candidates);
     candidates.truncate(inner.config.max_candidates);
 
     let metrics = &inner.store.metrics;
@@ -412,7 +414,7 @@ async fn fetch(inner: &Arc<Inner>, id: ContentId) -> Result<Bytes, ContentError>
             }
         };
         let len = data.len() as u64;
-        match inner.store(id, data.clone(), Origin::Peer).await {
+        match inner.keep(id, data.clone(), Origin::Peer).await {
             Ok(()) => {}
             Err(CacheError::Mismatch { .. }) => {
                 bad += 1;
