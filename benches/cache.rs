@@ -1,10 +1,10 @@
 //! Benchmarks of the content cache.
 //!
 //! - `verified_insert/{raw_blake3,cache_insert}/<size>`: hashing alone versus a verified
-//!   [`ContentCache::insert`] of the same bytes, so the report shows what the cache adds on
+//!   `ContentCache::insert_verified` after `Verifier::verify` of the same bytes, so the report shows what the cache adds on
 //!   top of the hash. Each iteration re-inserts the same id into a default-sized cache, so
 //!   it measures verification plus the replace-and-refresh path; nothing is ever evicted.
-//! - `hit_lookup/<policy>/<size>`: [`ContentCache::get`] of present ids, cycling through a
+//! - `hit_lookup/<policy>/<size>`: [`ContentCache::lookup`] (plus the re-verification the policy asks for) of present ids, cycling through a
 //!   full cache. `never` skips read verification; `always` re-hashes on every read.
 //!
 //! Run with `cargo bench --bench cache`.
@@ -15,7 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prometheus_client::registry::Registry;
-use zerostate::cache::{CacheConfig, CacheMetrics, ContentCache, Origin, VerifyOnRead};
+use zerostate::content::cache::{
+    CacheConfig, CacheMetrics, ContentCache, Lookup, Origin, VerifyOnRead,
+};
 use zerostate::content_id::ContentId;
 
 const KIB: usize = 1024;
@@ -62,14 +64,18 @@ fn verified_insert(c: &mut Criterion) {
         );
 
         let mut cache = new_cache(CacheConfig::default());
+        let verifier = cache.verifier();
         group.bench_with_input(
             BenchmarkId::new("cache_insert", size_label(size)),
             &data,
             |b, data| {
                 b.iter(|| {
+                    let verified = verifier
+                        .verify(black_box(id), data.clone())
+                        .expect("content matches its id");
                     cache
-                        .insert(black_box(id), data.clone(), Origin::Peer)
-                        .expect("content matches its id and fits")
+                        .insert_verified(verified, Origin::Peer)
+                        .expect("content fits")
                 })
             },
         );
@@ -89,11 +95,13 @@ fn bench_hits(c: &mut Criterion, policy: VerifyOnRead, entries: usize, size: usi
         .map(|seed| {
             let data = make_content(seed, size);
             let id = ContentId::of(&data);
-            cache.insert(id, data, Origin::Peer).expect("fits");
+            let verified = cache.verifier().verify(id, data).expect("matches");
+            cache.insert_verified(verified, Origin::Peer).expect("fits");
             id
         })
         .collect();
     assert_eq!(cache.len(), entries, "every entry must stay cached");
+    let verifier = cache.verifier();
 
     let policy_name = match policy {
         VerifyOnRead::Never => "never",
@@ -108,7 +116,18 @@ fn bench_hits(c: &mut Criterion, policy: VerifyOnRead, entries: usize, size: usi
         |b| {
             b.iter(|| {
                 next = (next + 1) % ids.len();
-                cache.get(black_box(&ids[next])).expect("present")
+                let id = black_box(&ids[next]);
+                // What the content service does for a read: look up, then (per policy)
+                // verify the bytes off the cache and report the outcome.
+                match cache.lookup(id) {
+                    Lookup::Hit(data) => data,
+                    Lookup::Recheck(data) => {
+                        verifier.check(id, &data).expect("intact");
+                        cache.recheck_passed();
+                        data
+                    }
+                    Lookup::Miss => panic!("present"),
+                }
             })
         },
     );

@@ -66,7 +66,7 @@ fn fetch_1mib(c: &mut Criterion) {
                     rand::thread_rng().fill_bytes(&mut data);
                     let id = a.content().put(Bytes::from(data)).await.unwrap();
                     let start = Instant::now();
-                    let got = b.content().get(id).await.unwrap();
+                    let got = b.content().get(id, true).await.unwrap();
                     total += start.elapsed();
                     assert_eq!(got.len(), SIZE);
                 }

@@ -41,14 +41,19 @@ Environment:
                           and uses target/release/zerostate.
   DEVNET_DIR              devnet directory (default: <repo>/.devnet, now
                           $DEVNET_DIR). Node i uses DEVNET_DIR/node-i as its
-                          data dir and DEVNET_DIR/node-i/node.log as its log.
+                          data dir and DEVNET_DIR/node-i/node.log as its log;
+                          DEVNET_DIR/node-i/devnet.pid records its pid and
+                          start time.
   DEVNET_TIMEOUT          seconds 'up' waits for the nodes (default 60)
   DEVNET_STOP_TIMEOUT     seconds 'down' waits before SIGKILL (default 10)
   DEVNET_SCRAPE_INTERVAL  Prometheus scrape interval (default 5s)
   ZEROSTATE_LOG           node log filter (default info)
   ZEROSTATE_CONFIG        optional config file passed through to the nodes
 
-Requires: bash, curl, jq.
+'up' and 'down' hold an exclusive lock on DEVNET_DIR/devnet.lock (flock) while
+they run; a second 'up' or 'down' on the same directory fails at once.
+
+Requires: bash, curl, jq, flock (util-linux).
 EOF
 }
 
@@ -64,12 +69,43 @@ need() {
 
 # --- process helpers ---------------------------------------------------------
 
-# pid_is_node PID DATA_DIR [BIN]
-# True if PID is a live (non-zombie) `zerostate node` process using DATA_DIR.
-# Pids get reused, so this is checked before every signal: argv[0] must be BIN
-# (or, if BIN is unknown or "-", a file named zerostate*), argv[1] must be
-# `node`, and the arguments must contain `--data-dir DATA_DIR`.
-pid_is_node() {
+# Every node directory holds PID_FILE, "PID STARTTIME", written by 'up' when it
+# launches the node: STARTTIME is field 22 of /proc/PID/stat (clock ticks since
+# boot), which stays the same across exec and differs for any later process
+# that gets the same pid.
+PID_FILE=devnet.pid
+LOCK_FILE=devnet.lock
+
+# proc_start PID: set PROC_START to PID's start time (field 22 of
+# /proc/PID/stat). Fails if PID does not exist or is a zombie. No subshell, so
+# it can be called right after launching a process.
+proc_start() {
+    local stat
+    local -a fields=()
+    PROC_START=""
+    [[ "$1" =~ ^[0-9]+$ ]] || return 1
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+    # Field 2 (comm) is in parentheses and may itself contain spaces and ')'.
+    read -r -a fields <<<"${stat##*) }"
+    # fields[0] is field 3 (state), so field 22 is fields[19].
+    [[ "${fields[0]:-}" != [ZX] && "${fields[19]:-}" =~ ^[0-9]+$ ]] || return 1
+    PROC_START="${fields[19]}"
+}
+
+# record_pid DATA_DIR PID: write "PID STARTTIME" to DATA_DIR/PID_FILE.
+# Fails (writing nothing) if PID is gone.
+record_pid() {
+    local dir="$1" pid="$2"
+    proc_start "$pid" || return 1
+    printf '%s %s\n' "$pid" "$PROC_START" >"$dir/$PID_FILE.tmp" &&
+        mv -f -- "$dir/$PID_FILE.tmp" "$dir/$PID_FILE"
+}
+
+# cmdline_is_node PID DATA_DIR [BIN]
+# True if PID is a live (non-zombie) `zerostate node` process using DATA_DIR:
+# argv[0] must be BIN (or, if BIN is unknown or "-", a file named zerostate*),
+# argv[1] must be `node`, and the arguments must contain `--data-dir DATA_DIR`.
+cmdline_is_node() {
     local pid="$1" data_dir="$2" bin="${3:-}"
     [[ "$bin" != - ]] || bin=""
     local -a argv=()
@@ -99,6 +135,33 @@ pid_is_node() {
     return 1
 }
 
+# pid_is_node PID DATA_DIR [BIN]
+# True if PID is still the node 'up' started in DATA_DIR. Pids get reused, so
+# this is checked before every signal: the command line must match
+# (cmdline_is_node) and, if DATA_DIR/PID_FILE exists (it does for every devnet
+# started by this version of the script), it must record this PID and the
+# process's current start time must equal the recorded one. The start time is
+# read after the command line: if it still matches, the process whose command
+# line was read is the one 'up' launched.
+pid_is_node() {
+    local pid="$1" data_dir="$2" rec_pid="" rec_start="" _rest
+    cmdline_is_node "$@" || return 1
+    [[ -e "$data_dir/$PID_FILE" ]] || return 0 # devnet from an older devnet.sh
+    read -r rec_pid rec_start _rest 2>/dev/null <"$data_dir/$PID_FILE" || true
+    [[ "$rec_pid" == "$pid" && -n "$rec_start" ]] || return 1
+    proc_start "$pid" && [[ "$PROC_START" == "$rec_start" ]]
+}
+
+# adopt_pid DATA_DIR PID BIN: true if PID is DATA_DIR's node. If it is not the
+# recorded pid (the node reported a pid of its own in node.json, so the
+# launcher forked) but its command line is this node's, record PID instead.
+adopt_pid() {
+    local dir="$1" pid="$2" bin="$3"
+    pid_is_node "$pid" "$dir" "$bin" && return 0
+    cmdline_is_node "$pid" "$dir" "$bin" && record_pid "$dir" "$pid" &&
+        pid_is_node "$pid" "$dir" "$bin"
+}
+
 # pid_has_cmdline PID: true if PID is a live process other than a zombie.
 # (/proc files report size 0, so read it rather than test -s.)
 pid_has_cmdline() {
@@ -106,16 +169,39 @@ pid_has_cmdline() {
     [[ -n "$(tr -d '\0' 2>/dev/null <"/proc/$1/cmdline")" ]]
 }
 
-# child_alive PID: true if PID exists and is not a zombie. Only used for this
-# script's own children (the launch pids), whose pids cannot be reused before
-# this script reaps them, and which may still be env/setsid/nohup on the way
-# to exec'ing the node.
-child_alive() {
-    local stat
-    [[ "$1" =~ ^[0-9]+$ ]] || return 1
-    stat="$(cat 2>/dev/null <"/proc/$1/stat")" || return 1
-    stat="${stat##*) }"
-    [[ "${stat:0:1}" != Z ]]
+# launched_alive PID STARTTIME: true if PID exists, is not a zombie and still
+# has the start time read right after this script launched it. Used for the
+# launch pids, which may still be env/setsid/nohup on the way to exec'ing the
+# node (so their command line says nothing yet). bash reaps its background
+# children as soon as they exit, so a launch pid can be reused by an unrelated
+# process while this script runs; the start time tells them apart. An empty
+# STARTTIME (the process was already gone when it was read) never matches.
+launched_alive() {
+    [[ -n "${2:-}" ]] || return 1
+    proc_start "$1" && [[ "$PROC_START" == "$2" ]]
+}
+
+# lock_devnet COMMAND: take an exclusive lock on DEVNET_DIR/LOCK_FILE (which
+# must exist as a directory) for the rest of this script's life, or fail at
+# once if another devnet.sh holds it. The lock is on fd 9, which the nodes do
+# not inherit (start_node closes it), so it is released when this script exits.
+lock_devnet() {
+    local cmd="$1" lock="$DEVNET_DIR/$LOCK_FILE" holder="" h_pid="" h_start="" h_cmd=""
+    need flock
+    { exec 9>>"$lock"; } 2>/dev/null || die "cannot open the lock file $lock"
+    if ! flock -n -x 9; then
+        # Name the holder if the last devnet.sh that took the lock still runs.
+        read -r h_pid h_start h_cmd 2>/dev/null <"$lock" || true
+        if [[ -n "$h_cmd" ]] && launched_alive "$h_pid" "$h_start"; then
+            holder=", held by pid $h_pid ($h_cmd)"
+        fi
+        die "another devnet.sh command is running on $DEVNET_DIR (lock $lock$holder); wait for it or remove a stale lock"
+    fi
+    # "PID STARTTIME COMMAND" of the holder, for the message above (the lock is
+    # on the open file, not on its content).
+    if proc_start "$$"; then
+        printf '%s %s %s %s\n' "$$" "$PROC_START" "$PROG" "$cmd" >"$lock" 2>/dev/null || true
+    fi
 }
 
 # The devnet's nodes as lines "name<TAB>pid<TAB>data_dir<TAB>bin", from
@@ -223,20 +309,22 @@ connected_peers() {
 
 # --- up ----------------------------------------------------------------------
 
-LAUNCHED=()     # "name<TAB>pid" of the processes this run started (its children)
+LAUNCHED=()     # "name<TAB>pid<TAB>starttime" of the processes this run started
 STARTED=()      # "name<TAB>pid<TAB>data_dir<TAB>bin" of nodes whose own pid differs
 UP_DONE=0
 
-# EXIT trap of 'up': if it did not finish, stop everything it started. The
-# launched processes are this script's unreaped children, so their pids cannot
-# have been reused and are safe to signal, even before they exec'd the node.
+# EXIT trap of 'up': if it did not finish, stop everything it started. A
+# launched pid is only signalled while it still has the start time recorded at
+# launch (launched_alive), so it is the process this run started even if it
+# has not exec'd the node yet, and never an unrelated process that reused the
+# pid after bash reaped the launched one.
 cleanup_failed_up() {
-    local rc=$? entry name pid deadline
+    local rc=$? entry name pid start rest deadline
     local -a signalled=()
     ((UP_DONE == 0)) || return 0
     for entry in "${LAUNCHED[@]+"${LAUNCHED[@]}"}"; do
-        pid="${entry##*$'\t'}"
-        if child_alive "$pid" && kill -TERM "$pid" 2>/dev/null; then
+        IFS=$'\t' read -r name pid start rest <<<"$entry"
+        if launched_alive "$pid" "$start" && kill -TERM "$pid" 2>/dev/null; then
             signalled+=("$entry")
         fi
     done
@@ -245,9 +333,9 @@ cleanup_failed_up() {
     fi
     deadline=$((SECONDS + 5))
     for entry in "${signalled[@]+"${signalled[@]}"}"; do
-        name="${entry%%$'\t'*}" pid="${entry##*$'\t'}"
-        while child_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-        if child_alive "$pid"; then
+        IFS=$'\t' read -r name pid start rest <<<"$entry"
+        while launched_alive "$pid" "$start" && ((SECONDS < deadline)); do sleep 0.1; done
+        if launched_alive "$pid" "$start"; then
             kill -KILL "$pid" 2>/dev/null || true
             info "  $name (pid $pid): killed (SIGKILL)" >&2
         else
@@ -275,7 +363,7 @@ resolve_bin() {
     else
         need cargo
         info "Building zerostate (cargo build --release --bin zerostate) ..." >&2
-        (cd "$REPO_ROOT" && cargo build --release --bin zerostate) >&2 ||
+        (cd "$REPO_ROOT" && cargo build --release --bin zerostate) >&2 9>&- ||
             die "cargo build failed"
         bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/zerostate"
         [[ "$bin" == /* ]] || bin="$REPO_ROOT/$bin"
@@ -286,7 +374,8 @@ resolve_bin() {
 }
 
 # start_node INDEX [BOOTSTRAP_ADDR]: start node INDEX in the background and
-# record it in LAUNCHED. Sets NODE_PID.
+# record it in LAUNCHED and in its PID_FILE. Sets NODE_PID and NODE_START (the
+# start time, empty if the process was already gone).
 start_node() {
     local idx="$1" bootstrap="${2:-}"
     local dir="$DEVNET_DIR/node-$idx"
@@ -303,16 +392,23 @@ start_node() {
     # rather than forking: $! is the node's pid (node.json's pid is used once
     # it exists). The flags above win over ZEROSTATE_* variables; the ones the
     # script owns are cleared so nothing leaks in from the caller's shell.
-    # NO_COLOR keeps ANSI colour codes out of the log files.
+    # NO_COLOR keeps ANSI colour codes out of the log files. 9>&-: the node
+    # must not inherit the devnet lock (see lock_devnet).
     env -u ZEROSTATE_LISTEN -u ZEROSTATE_BOOTSTRAP -u ZEROSTATE_HTTP \
         -u ZEROSTATE_DATA_DIR \
         ZEROSTATE_ALLOW_PRIVATE_ADDRS=true \
         ZEROSTATE_LOG="${ZEROSTATE_LOG:-info}" \
         NO_COLOR=1 \
-        setsid nohup "$BIN" "${args[@]}" </dev/null >>"$dir/node.log" 2>&1 &
+        setsid nohup "$BIN" "${args[@]}" </dev/null >>"$dir/node.log" 2>&1 9>&- &
     NODE_PID=$!
+    # Read the start time at once (a builtin read, no fork): the pid stays
+    # the same through the execs, and the start time identifies this process
+    # from here on, after bash has reaped it and its pid may be reused.
+    proc_start "$NODE_PID" || true
+    NODE_START=$PROC_START
+    [[ -z "$NODE_START" ]] || record_pid "$dir" "$NODE_PID" || true
     disown "$NODE_PID" 2>/dev/null || true # no job-status chatter from bash
-    LAUNCHED+=("$(printf 'node-%s\t%s' "$idx" "$NODE_PID")")
+    LAUNCHED+=("$(printf 'node-%s\t%s\t%s' "$idx" "$NODE_PID" "$NODE_START")")
 }
 
 # node_json_pid INDEX: the pid node INDEX wrote into its node.json (empty if none).
@@ -320,11 +416,11 @@ node_json_pid() {
     jq -r '.pid // empty' "$DEVNET_DIR/node-$1/node.json" 2>/dev/null || true
 }
 
-# wait_node_json INDEX LAUNCH_PID DEADLINE: wait until node INDEX has written a
-# node.json with a peer id, an HTTP address and a TCP listen address. Fails
-# (with the log tail) if the process exits or the deadline passes.
+# wait_node_json INDEX LAUNCH_PID LAUNCH_START DEADLINE: wait until node INDEX
+# has written a node.json with a peer id, an HTTP address and a TCP listen
+# address. Fails (with the log tail) if the process exits or the deadline passes.
 wait_node_json() {
-    local idx="$1" launch_pid="$2" deadline="$3"
+    local idx="$1" launch_pid="$2" launch_start="$3" deadline="$4"
     local dir="$DEVNET_DIR/node-$idx" f="$DEVNET_DIR/node-$idx/node.json"
     while :; do
         if [[ -f "$f" ]] && jq -e '
@@ -333,10 +429,10 @@ wait_node_json() {
                 "$f" >/dev/null 2>&1; then
             return 0
         fi
-        if ! child_alive "$launch_pid"; then
+        if ! launched_alive "$launch_pid" "$launch_start"; then
             local pid
             pid="$(node_json_pid "$idx")"
-            if [[ -z "$pid" ]] || ! pid_is_node "$pid" "$dir" "$BIN"; then
+            if [[ -z "$pid" ]] || ! adopt_pid "$dir" "$pid" "$BIN"; then
                 show_log_tail "node-$idx" "$dir/node.log"
                 die "node-$idx exited before it wrote $f"
             fi
@@ -456,6 +552,9 @@ cmd_up() {
 
     mkdir -p "$DEVNET_DIR"
     DEVNET_DIR="$(cd -- "$DEVNET_DIR" && pwd -P)"
+    # Held until this script exits: no other 'up' or 'down' can delete or
+    # signal this devnet's nodes meanwhile.
+    lock_devnet up
 
     RUNNING_DESC=""
     if devnet_running; then
@@ -474,12 +573,12 @@ cmd_up() {
     trap 'exit 143' TERM
 
     local deadline=$((SECONDS + DEVNET_TIMEOUT)) i boot
-    local -a launch_pids=()
+    local -a launch_pids=() launch_starts=()
 
     info "Starting node-1 ..."
     start_node 1
-    launch_pids[1]=$NODE_PID
-    wait_node_json 1 "${launch_pids[1]}" "$deadline"
+    launch_pids[1]=$NODE_PID launch_starts[1]=$NODE_START
+    wait_node_json 1 "${launch_pids[1]}" "${launch_starts[1]}" "$deadline"
     boot="$(bootstrap_addr 1)"
     info "  bootstrap address: $boot"
 
@@ -487,10 +586,10 @@ cmd_up() {
         info "Starting node-2 .. node-$n ..."
         for ((i = 2; i <= n; i++)); do
             start_node "$i" "$boot"
-            launch_pids[i]=$NODE_PID
+            launch_pids[i]=$NODE_PID launch_starts[i]=$NODE_START
         done
         for ((i = 2; i <= n; i++)); do
-            wait_node_json "$i" "${launch_pids[i]}" "$deadline"
+            wait_node_json "$i" "${launch_pids[i]}" "${launch_starts[i]}" "$deadline"
         done
     fi
 
@@ -500,6 +599,9 @@ cmd_up() {
         pids[i]="$(node_json_pid "$i")"
         [[ -n "${pids[i]}" ]] || pids[i]=${launch_pids[i]}
         if [[ "${pids[i]}" != "${launch_pids[i]}" ]]; then
+            # The launcher forked: record the node's own pid (if it is not
+            # this node, the /ready loop below reports it as exited).
+            adopt_pid "$DEVNET_DIR/node-$i" "${pids[i]}" "$BIN" || true
             STARTED+=("$(printf 'node-%s\t%s\t%s\t%s' "$i" "${pids[i]}" "$DEVNET_DIR/node-$i" "$BIN")")
         fi
     done
@@ -599,6 +701,7 @@ cmd_down() {
         return 0
     fi
     DEVNET_DIR="$(cd -- "$DEVNET_DIR" && pwd -P)"
+    lock_devnet down
     local nodes
     nodes="$(list_nodes)"
     if [[ -z "$nodes" ]]; then

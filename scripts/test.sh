@@ -54,6 +54,17 @@ v = tuple(int(x) for x in sys.argv[1].split("."))
 sys.exit(0 if v >= (0, 50, 1) else 1)
 PY
 echo "libp2p-gossipsub $gossipsub"
+# lru before 0.18.2: LruCache::pop is not panic-safe (RUSTSEC-2026-0253).
+lru=$(cargo tree --locked --prefix none -e normal 2>/dev/null \
+    | sed -n 's/^lru v\([0-9.]*\).*/\1/p' | sort -u)
+for v in $lru; do
+    python3 - "$v" <<'PY' || fail "lru $v is older than 0.18.2 (RUSTSEC-2026-0253)"
+import sys
+v = tuple(int(x) for x in sys.argv[1].split("."))
+sys.exit(0 if v >= (0, 18, 2) else 1)
+PY
+done
+echo "lru $lru"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
-pub use crate::cache::{CacheConfig, VerifyOnRead};
-pub use crate::content::ContentConfig;
+pub use crate::content::{CacheConfig, ContentConfig, VerifyOnRead};
+pub use crate::http::ApiConfig;
+pub use crate::p2p::{DiscoveryConfig, LimitsConfig, MonitorConfig, P2pConfig};
 
 /// Prefix of every environment variable that sets a config key.
 pub const ENV_PREFIX: &str = "ZEROSTATE_";
@@ -55,91 +55,6 @@ pub struct Config {
     pub content: ContentConfig,
 }
 
-/// Peer liveness settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MonitorConfig {
-    /// Interval between pings to each connected peer, in milliseconds.
-    pub ping_interval_ms: u64,
-    /// A ping without answer after this many milliseconds counts as a failure.
-    pub ping_timeout_ms: u64,
-    /// A peer unseen for this long is `suspect`, in milliseconds.
-    pub suspect_after_ms: u64,
-    /// A peer unseen for this long is `dead` (and disconnected), in milliseconds.
-    pub dead_after_ms: u64,
-    /// A disconnected peer is forgotten this long after it was last seen, in milliseconds.
-    pub expire_after_ms: u64,
-    /// Consecutive ping failures that make a peer `suspect`.
-    pub suspect_after_failures: u32,
-    /// Consecutive ping failures that make a peer `dead`.
-    pub dead_after_failures: u32,
-    /// Most peers the monitor keeps (the least recently seen disconnected one goes first).
-    pub max_peers: usize,
-}
-
-impl Default for MonitorConfig {
-    fn default() -> Self {
-        Self {
-            ping_interval_ms: 15_000,
-            ping_timeout_ms: 20_000,
-            suspect_after_ms: 45_000,
-            dead_after_ms: 90_000,
-            expire_after_ms: 300_000,
-            suspect_after_failures: 1,
-            dead_after_failures: 3,
-            max_peers: 1024,
-        }
-    }
-}
-
-/// Connection limits (see `libp2p::connection_limits`). Bootstrap peers bypass them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Incoming connections still in the handshake.
-    pub max_pending_incoming: u32,
-    /// Outgoing connections still in the handshake.
-    pub max_pending_outgoing: u32,
-    /// Established incoming connections.
-    pub max_established_incoming: u32,
-    /// Established outgoing connections.
-    pub max_established_outgoing: u32,
-    /// Established connections in total.
-    pub max_established_total: u32,
-    /// Established connections to one peer (TCP and QUIC may both be up).
-    pub max_established_per_peer: u32,
-    /// Seconds a connection with no active protocol stays open.
-    pub idle_connection_timeout_secs: u64,
-}
-
-/// Discovery settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DiscoveryConfig {
-    /// First delay before redialing a bootstrap peer that failed or went away, in milliseconds.
-    pub bootstrap_backoff_initial_ms: u64,
-    /// Upper bound of the exponential redial backoff, in milliseconds.
-    pub bootstrap_backoff_max_ms: u64,
-    /// Interval of Kademlia random walks that find more peers, in seconds.
-    pub random_walk_interval_secs: u64,
-    /// Kademlia query timeout, in seconds.
-    pub kad_query_timeout_secs: u64,
-}
-
-/// HTTP server settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiConfig {
-    /// Maximum concurrent HTTP connections; further clients wait in the accept queue.
-    pub max_connections: usize,
-    /// A client must send its request headers within this many milliseconds.
-    pub header_read_timeout_ms: u64,
-    /// A request must be answered within this many milliseconds (408 otherwise).
-    pub request_timeout_ms: u64,
-    /// Largest accepted request body of JSON endpoints, in bytes (413 above).
-    pub max_body_bytes: usize,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -161,42 +76,6 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             cache: CacheConfig::default(),
             content: ContentConfig::default(),
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_pending_incoming: 32,
-            max_pending_outgoing: 32,
-            max_established_incoming: 150,
-            max_established_outgoing: 50,
-            max_established_total: 200,
-            max_established_per_peer: 2,
-            idle_connection_timeout_secs: 30,
-        }
-    }
-}
-
-impl Default for DiscoveryConfig {
-    fn default() -> Self {
-        Self {
-            bootstrap_backoff_initial_ms: 500,
-            bootstrap_backoff_max_ms: 60_000,
-            random_walk_interval_secs: 30,
-            kad_query_timeout_secs: 30,
-        }
-    }
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            max_connections: 64,
-            header_read_timeout_ms: 10_000,
-            request_timeout_ms: 10_000,
-            max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -292,7 +171,10 @@ impl Config {
                 path: path.to_owned(),
                 message: e.to_string().trim_end().to_owned(),
             })?;
-            let table: toml::Table = toml::from_str(&text).expect("parsed above");
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.to_string().trim_end().to_owned(),
+            })?;
             for (key, value) in flatten(&table) {
                 origin.insert(key.clone(), format!("config file {}", path.display()));
                 set_path(&mut merged, &key, value);
@@ -382,79 +264,179 @@ impl Config {
         for addr in &self.bootstrap {
             bootstrap_peer_id(addr).map_err(|message| invalid("bootstrap", message))?;
         }
-        let limits = [
+        // (key, value, least, most): every number has a floor and a ceiling, so no setting
+        // can overflow the arithmetic that uses it (a day for durations is far beyond any
+        // sensible value).
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        const DAY_SECS: u64 = 24 * 3600;
+        const MANY: u64 = 1 << 20;
+        const GIB: u64 = 1 << 30;
+        let l = &self.limits;
+        let d = &self.discovery;
+        let a = &self.api;
+        let m = &self.monitor;
+        let c = &self.content;
+        let ranges: [(&str, u64, u64, u64); 35] = [
             (
                 "limits.max_pending_incoming",
-                self.limits.max_pending_incoming,
+                l.max_pending_incoming.into(),
+                1,
+                MANY,
+            ),
+            (
+                "limits.max_pending_incoming_per_ip",
+                l.max_pending_incoming_per_ip.into(),
+                1,
+                MANY,
             ),
             (
                 "limits.max_pending_outgoing",
-                self.limits.max_pending_outgoing,
+                l.max_pending_outgoing.into(),
+                1,
+                MANY,
             ),
             (
                 "limits.max_established_incoming",
-                self.limits.max_established_incoming,
+                l.max_established_incoming.into(),
+                1,
+                MANY,
             ),
             (
                 "limits.max_established_outgoing",
-                self.limits.max_established_outgoing,
+                l.max_established_outgoing.into(),
+                1,
+                MANY,
             ),
             (
                 "limits.max_established_total",
-                self.limits.max_established_total,
+                l.max_established_total.into(),
+                1,
+                MANY,
             ),
             (
                 "limits.max_established_per_peer",
-                self.limits.max_established_per_peer,
+                l.max_established_per_peer.into(),
+                1,
+                MANY,
             ),
-        ];
-        for (key, value) in limits {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1".into()));
-            }
-        }
-        let positive = [
             (
                 "limits.idle_connection_timeout_secs",
-                self.limits.idle_connection_timeout_secs,
+                l.idle_connection_timeout_secs,
+                1,
+                DAY_SECS,
+            ),
+            (
+                "limits.handshake_timeout_ms",
+                l.handshake_timeout_ms,
+                100,
+                DAY_MS,
             ),
             (
                 "discovery.bootstrap_backoff_initial_ms",
-                self.discovery.bootstrap_backoff_initial_ms,
+                d.bootstrap_backoff_initial_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "discovery.bootstrap_backoff_max_ms",
+                d.bootstrap_backoff_max_ms,
+                1,
+                DAY_MS,
             ),
             (
                 "discovery.random_walk_interval_secs",
-                self.discovery.random_walk_interval_secs,
+                d.random_walk_interval_secs,
+                1,
+                DAY_SECS,
             ),
             (
                 "discovery.kad_query_timeout_secs",
-                self.discovery.kad_query_timeout_secs,
+                d.kad_query_timeout_secs,
+                1,
+                DAY_SECS,
             ),
             (
                 "api.header_read_timeout_ms",
-                self.api.header_read_timeout_ms,
+                a.header_read_timeout_ms,
+                1,
+                DAY_MS,
             ),
-            ("api.request_timeout_ms", self.api.request_timeout_ms),
-            ("api.max_connections", self.api.max_connections as u64),
-            ("api.max_body_bytes", self.api.max_body_bytes as u64),
-            ("monitor.ping_interval_ms", self.monitor.ping_interval_ms),
-            ("monitor.ping_timeout_ms", self.monitor.ping_timeout_ms),
-            ("monitor.suspect_after_ms", self.monitor.suspect_after_ms),
+            ("api.request_timeout_ms", a.request_timeout_ms, 1, DAY_MS),
+            ("api.max_connections", a.max_connections as u64, 1, MANY),
+            (
+                "api.max_connections_per_ip",
+                a.max_connections_per_ip as u64,
+                1,
+                MANY,
+            ),
+            ("api.max_body_bytes", a.max_body_bytes as u64, 1, GIB),
+            ("monitor.ping_interval_ms", m.ping_interval_ms, 1, DAY_MS),
+            ("monitor.ping_timeout_ms", m.ping_timeout_ms, 1, DAY_MS),
+            ("monitor.suspect_after_ms", m.suspect_after_ms, 1, DAY_MS),
+            ("monitor.dead_after_ms", m.dead_after_ms, 1, DAY_MS),
+            ("monitor.expire_after_ms", m.expire_after_ms, 1, DAY_MS),
             (
                 "monitor.suspect_after_failures",
-                self.monitor.suspect_after_failures.into(),
+                m.suspect_after_failures.into(),
+                1,
+                MANY,
             ),
-            ("monitor.max_peers", self.monitor.max_peers as u64),
-            ("cache.max_bytes", self.cache.max_bytes),
-            ("cache.max_entries", self.cache.max_entries as u64),
-            ("content.max_object_bytes", self.content.max_object_bytes),
-            ("content.fetch_timeout_ms", self.content.fetch_timeout_ms),
-            ("content.max_candidates", self.content.max_candidates as u64),
+            (
+                "monitor.dead_after_failures",
+                m.dead_after_failures.into(),
+                1,
+                MANY,
+            ),
+            ("monitor.max_peers", m.max_peers as u64, 1, MANY),
+            ("cache.max_bytes", self.cache.max_bytes, 1, 1 << 40),
+            (
+                "cache.max_entries",
+                self.cache.max_entries as u64,
+                1,
+                1 << 32,
+            ),
+            ("content.max_object_bytes", c.max_object_bytes, 1, GIB),
+            ("content.fetch_timeout_ms", c.fetch_timeout_ms, 1, DAY_MS),
+            ("content.max_candidates", c.max_candidates as u64, 1, 1024),
+            (
+                "content.request_timeout_ms",
+                c.request_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            ("content.hedge_after_ms", c.hedge_after_ms, 1, DAY_MS),
+            (
+                "content.max_parallel_requests",
+                c.max_parallel_requests as u64,
+                1,
+                64,
+            ),
+            (
+                "content.max_buffered_bytes",
+                c.max_buffered_bytes,
+                1,
+                64 * GIB,
+            ),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0".into()));
+        for (key, value, least, most) in ranges {
+            if value < least || value > most {
+                return Err(invalid(
+                    key,
+                    format!("{value} is out of range: use a value from {least} to {most}"),
+                ));
             }
+        }
+        if l.max_pending_incoming_per_ip >= l.max_pending_incoming {
+            return Err(invalid(
+                "limits.max_pending_incoming_per_ip",
+                "must be smaller than limits.max_pending_incoming, so one address cannot take every slot".into(),
+            ));
+        }
+        if c.max_buffered_bytes < c.max_object_bytes {
+            return Err(invalid(
+                "content.max_buffered_bytes",
+                "must be at least content.max_object_bytes, or no object could be received".into(),
+            ));
         }
         if self.discovery.bootstrap_backoff_max_ms < self.discovery.bootstrap_backoff_initial_ms {
             return Err(invalid(
@@ -462,7 +444,6 @@ impl Config {
                 "must not be smaller than discovery.bootstrap_backoff_initial_ms".into(),
             ));
         }
-        let m = &self.monitor;
         if !(m.suspect_after_ms <= m.dead_after_ms && m.dead_after_ms < m.expire_after_ms) {
             return Err(invalid(
                 "monitor.dead_after_ms",
@@ -495,17 +476,27 @@ impl Config {
             .collect()
     }
 
+    /// The swarm's part of the configuration.
+    pub fn p2p_config(&self) -> P2pConfig {
+        P2pConfig {
+            listen: self.listen.clone(),
+            bootstrap: self.bootstrap_peers(),
+            allow_private_addrs: self.allow_private_addrs,
+            limits: self.limits.clone(),
+            discovery: self.discovery.clone(),
+            monitor: self.monitor.clone(),
+            max_content_bytes: self.content.max_object_bytes,
+            max_buffered_content_bytes: self.content.max_buffered_bytes,
+            max_provided_keys: self.cache.max_entries,
+        }
+    }
+
     /// Whether the HTTP server listens on a loopback address only.
     pub fn http_is_loopback(&self) -> bool {
         match self.http.ip() {
             IpAddr::V4(ip) => ip.is_loopback(),
             IpAddr::V6(ip) => ip.is_loopback(),
         }
-    }
-
-    /// Idle connection timeout as a [`Duration`].
-    pub fn idle_connection_timeout(&self) -> Duration {
-        Duration::from_secs(self.limits.idle_connection_timeout_secs)
     }
 }
 
@@ -726,6 +717,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("limits.max_established_total"), "{e}");
+    }
+
+    #[test]
+    fn huge_values_are_refused_with_the_allowed_range() {
+        let e = load(
+            Some("[discovery]\nbootstrap_backoff_max_ms = 9223372036854775807\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("discovery.bootstrap_backoff_max_ms"), "{e}");
+        assert!(e.contains("out of range") && e.contains("86400000"), "{e}");
+        let e = load(
+            None,
+            &[("ZEROSTATE_MONITOR_PING_INTERVAL_MS", "100000000000")],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("monitor.ping_interval_ms"), "{e}");
+        let e = load(
+            Some("[limits]\nmax_pending_incoming = 8\nmax_pending_incoming_per_ip = 8\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("max_pending_incoming_per_ip"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The HTTP server: `/metrics`, `/health`, `/ready` and the `/api/v1` control API.
 //!
 //! Build the app with [`router`] (tests drive it with `tower::ServiceExt::oneshot`) and serve
-//! it with [`serve`], an accept loop with a header-read timeout and a connection cap, which
-//! `axum::serve` does not have.
+//! it with [`serve`], an accept loop with a header-read timeout and connection caps in total
+//! and per client address, which `axum::serve` does not have.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -19,22 +20,84 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use libp2p::{Multiaddr, PeerId};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::config::ApiConfig;
 use crate::content::{ContentError, ContentService};
 use crate::content_id::ContentId;
+use crate::health::Health;
 use crate::metrics;
 use crate::p2p::{HandleError, P2pHandle};
+
+/// HTTP server settings (the `[api]` config section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Maximum concurrent HTTP connections; more are closed at once (and counted).
+    pub max_connections: usize,
+    /// Maximum concurrent HTTP connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// A client must send its request headers within this many milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// A request must be answered within this many milliseconds (408 otherwise).
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body of JSON endpoints, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Host names accepted in the `Host` header besides `localhost` and IP literals (e.g.
+    /// the name of a container). `"*"` accepts any (turns the DNS-rebinding check off).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_connections_per_ip: 32,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 10_000,
+            max_body_bytes: 64 * 1024,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The HTTP server's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct HttpMetrics {
+    refused: Family<ReasonLabels, Counter>,
+}
+
+impl HttpMetrics {
+    /// Registers into the `zerostate` registry.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self::default();
+        registry.sub_registry_with_prefix("http").register(
+            "connections_refused",
+            "HTTP connections closed at once because of a connection cap, by reason (per_ip, busy)",
+            m.refused.clone(),
+        );
+        m
+    }
+
+    fn refused(&self, reason: &'static str) {
+        let c = self.refused.get_or_create(&ReasonLabels { reason });
+        c.inc();
+    }
+}
 
 /// Delay before answering a request with a wrong token, to slow down guessing.
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
@@ -50,12 +113,14 @@ pub struct ApiState {
     token: Arc<str>,
     bootstrap_configured: bool,
     token_hint: Arc<str>,
-    loopback_only: bool,
+    allowed_hosts: Arc<[String]>,
+    health: Health,
 }
 
 impl ApiState {
-    /// State for a node: its frozen registry, its swarm and content handles and the API
-    /// token. `token_hint` tells a refused client where to find the token.
+    /// State for a node: its frozen registry, its swarm and content handles, the API
+    /// token and its health. `token_hint` tells a refused client where to find the token
+    /// (without revealing paths).
     pub fn new(
         registry: Arc<Registry>,
         p2p: P2pHandle,
@@ -63,6 +128,7 @@ impl ApiState {
         token: String,
         bootstrap_configured: bool,
         token_hint: String,
+        health: Health,
     ) -> Self {
         Self {
             registry,
@@ -71,15 +137,26 @@ impl ApiState {
             token: token.into(),
             bootstrap_configured,
             token_hint: token_hint.into(),
-            loopback_only: true,
+            allowed_hosts: Arc::from([]),
+            health,
         }
     }
 
-    /// Whether the server listens on loopback only; then requests must name a loopback
-    /// host (`localhost`, `127.x.x.x`, `[::1]`) in `Host`, which defeats DNS rebinding.
-    pub fn with_loopback_only(mut self, loopback_only: bool) -> Self {
-        self.loopback_only = loopback_only;
+    /// Host names accepted in `Host` besides `localhost` and IP literals (`"*"`: any).
+    pub fn with_allowed_hosts(mut self, hosts: &[String]) -> Self {
+        self.allowed_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         self
+    }
+
+    /// Whether the request carries the API token (compared in constant time).
+    fn authorized(&self, headers: &HeaderMap) -> Option<bool> {
+        let presented = headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        Some(presented.is_some_and(|t| bool::from(t.as_bytes().ct_eq(self.token.as_bytes()))))
     }
 }
 
@@ -151,33 +228,33 @@ pub fn router(state: ApiState, config: &ApiConfig, max_object_bytes: u64) -> Rou
         .with_state(state)
 }
 
-/// Whether a `Host` header value names this machine's loopback interface.
-fn is_loopback_host(host: &str) -> bool {
+/// Whether a `Host` header value is acceptable: `localhost`, an IP literal (a DNS
+/// rebinding attack needs a name), or one of `allowed` (`"*"` allows any).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
     name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+        || name.parse::<IpAddr>().is_ok()
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
 }
 
-/// Refuses requests whose `Host` is not a loopback name when the server is loopback-only:
-/// a web page whose domain resolves to 127.0.0.1 must not reach the API.
+/// Refuses requests whose `Host` is not allowed, whatever address the server is bound to: a
+/// web page whose domain resolves to this node must not reach the API.
 async fn check_host(
     State(state): State<ApiState>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
-    if state.loopback_only
-        && let Some(host) = headers.get(header::HOST)
-    {
+    if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
-        if !is_loopback_host(host) {
+        if !host_allowed(host, &state.allowed_hosts) {
             let message = format!(
-                "Host `{host}` is not allowed: this API listens on loopback and answers only to localhost, 127.0.0.1 or [::1]"
+                "Host `{host}` is not allowed: this API answers to localhost, IP addresses and the names in api.allowed_hosts"
             );
             return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
         }
@@ -191,21 +268,20 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = presented.is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.token.as_bytes())));
-    if !ok {
-        tokio::time::sleep(AUTH_FAILURE_DELAY).await;
-        let message = format!(
-            "missing or invalid bearer token: send `Authorization: Bearer <token>`; {}",
-            state.token_hint
-        );
-        return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    if state.authorized(&headers) != Some(true) {
+        return unauthorized(&state).await.into_response();
     }
     next.run(request).await
+}
+
+/// The answer to a missing or wrong token, after a delay that slows down guessing.
+async fn unauthorized(state: &ApiState) -> ApiError {
+    tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+    let message = format!(
+        "missing or invalid bearer token: send `Authorization: Bearer <token>`; {}",
+        state.token_hint
+    );
+    ApiError::new(StatusCode::UNAUTHORIZED, message)
 }
 
 async fn metrics_handler(State(state): State<ApiState>) -> Response {
@@ -220,8 +296,16 @@ async fn metrics_handler(State(state): State<ApiState>) -> Response {
     }
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness: 200 while every vital task runs; 503 with the reason once one has failed.
+async fn health(State(state): State<ApiState>) -> Response {
+    match state.health.failure() {
+        None => Json(json!({ "status": "ok" })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failed", "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 /// Readiness: listening, and connected to a peer when bootstrap peers are configured.
@@ -284,7 +368,9 @@ impl From<ContentError> for ApiError {
     fn from(e: ContentError) -> Self {
         let status = match e {
             ContentError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ContentError::NotFound { .. } | ContentError::TimedOut { .. } => StatusCode::NOT_FOUND,
+            ContentError::NotFound { .. }
+            | ContentError::TimedOut { .. }
+            | ContentError::NotCached { .. } => StatusCode::NOT_FOUND,
             ContentError::Invalid { .. } => StatusCode::BAD_GATEWAY,
             ContentError::Busy | ContentError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -311,12 +397,20 @@ async fn put_content(State(state): State<ApiState>, body: Bytes) -> Result<Respo
         .into_response())
 }
 
+/// Without the token, only the cache answers: a fetch from the network changes state (it
+/// inserts, evicts and announces), and a web page must not be able to trigger it.
 async fn get_content(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let network = match state.authorized(&headers) {
+        None => false,
+        Some(true) => true,
+        Some(false) => return Err(unauthorized(&state).await),
+    };
     let id = parse_content_id(&id)?;
-    let data = state.content.get(id).await?;
+    let data = state.content.get(id, network).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
@@ -325,7 +419,7 @@ async fn head_content(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_content_id(&id)?;
-    Ok(if state.content.has(&id) {
+    Ok(if state.content.has(id).await? {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND
@@ -359,10 +453,11 @@ async fn dial(
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_host;
+    use super::*;
 
     #[test]
-    fn loopback_hosts_are_recognised() {
+    fn hosts_are_checked_against_names_not_addresses() {
+        let none: Vec<String> = vec![];
         for ok in [
             "localhost",
             "LOCALHOST:9464",
@@ -371,19 +466,40 @@ mod tests {
             "127.1.2.3:1",
             "[::1]:9464",
             "[::1]",
+            "10.0.0.1:80",
+            "[2001:db8::1]:80",
         ] {
-            assert!(is_loopback_host(ok), "{ok}");
+            assert!(host_allowed(ok, &none), "{ok}");
         }
         for bad in [
             "evil.example",
             "evil.example:9464",
-            "10.0.0.1:80",
-            "[2001:db8::1]:80",
             "localhost.evil.example",
+            "node1:9464",
             "",
         ] {
-            assert!(!is_loopback_host(bad), "{bad}");
+            assert!(!host_allowed(bad, &none), "{bad}");
         }
+        let named = vec!["node1".to_owned()];
+        assert!(host_allowed("node1:9464", &named));
+        assert!(host_allowed("NODE1", &named));
+        assert!(!host_allowed("node2:9464", &named));
+        assert!(host_allowed("anything.example", &["*".to_owned()]));
+    }
+
+    #[test]
+    fn connection_slots_are_capped_in_total_and_per_address() {
+        let slots = Slots::new(3, 2);
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        let a1 = slots.take(a).unwrap();
+        let _a2 = slots.take(a).unwrap();
+        assert_eq!(slots.take(a).unwrap_err(), "per_ip");
+        let _b1 = slots.take(b).unwrap();
+        assert_eq!(slots.take(b).unwrap_err(), "busy");
+        drop(a1);
+        let _b2 = slots.take(b).unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert_eq!(slots.take(mapped).unwrap_err(), "busy");
     }
 }
 
@@ -437,22 +553,95 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     })
 }
 
-/// Serves `app` on `listener` until `cancel` fires: at most `max_connections` at once, each
-/// with a header-read timeout; on cancel, open connections get a short grace period.
+/// Connection slots: at most `total` at once, and `per_ip` from one client address.
+#[derive(Clone, Debug)]
+struct Slots {
+    inner: Arc<Mutex<SlotCounts>>,
+}
+
+#[derive(Debug)]
+struct SlotCounts {
+    total: usize,
+    max_total: usize,
+    max_per_ip: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A taken slot; dropping it frees the slot.
+#[derive(Debug)]
+struct Slot {
+    slots: Slots,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.slots.lock();
+        c.total -= 1;
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Slots {
+    fn new(max_total: usize, max_per_ip: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(SlotCounts {
+                total: 0,
+                max_total,
+                max_per_ip,
+                per_ip: HashMap::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotCounts> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a slot for a client at `ip`, or says which cap is reached.
+    fn take(&self, ip: IpAddr) -> Result<Slot, &'static str> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let mut c = self.lock();
+        let from_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= c.max_per_ip {
+            return Err("per_ip");
+        }
+        if c.total >= c.max_total {
+            return Err("busy");
+        }
+        c.total += 1;
+        *c.per_ip.entry(ip).or_insert(0) += 1;
+        drop(c);
+        Ok(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Serves `app` on `listener` until `cancel` fires: at most `max_connections` at once and
+/// `max_connections_per_ip` per client address (further connections are closed at once and
+/// counted), each with a header-read timeout; on cancel, open connections get a short grace
+/// period.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: ApiConfig,
+    metrics: HttpMetrics,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let slots = Slots::new(config.max_connections, config.max_connections_per_ip);
     let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
     let connections = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-        };
         let (stream, remote) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -465,10 +654,19 @@ pub async fn serve(
                 }
             },
         };
+        let slot = match slots.take(remote.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                metrics.refused(reason);
+                tracing::debug!(%remote, reason, "http connection refused");
+                drop(stream);
+                continue;
+            }
+        };
         let service = TowerToHyperService::new(app.clone());
         let cancel = cancel.clone();
         connections.spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

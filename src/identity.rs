@@ -1,7 +1,10 @@
-//! The node's secrets on disk: the ed25519 identity key and the HTTP API token.
+//! The node's data dir: its lock, the ed25519 identity key and the HTTP API token.
 //!
-//! Both are written with the tmp + fsync + rename + fsync-dir pattern and file mode 0600, and
-//! a file that others can read is refused on load.
+//! Secrets are written with the tmp + fsync + rename + fsync-dir pattern and file mode 0600;
+//! the temporary file has a random name and is created exclusively without following
+//! symlinks, so nobody can plant a file or link there in advance. A secret file that others
+//! can read is refused on load. [`lock_data_dir`] keeps two processes (two nodes, or a node
+//! and `keygen`) from using one data dir at once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -15,6 +18,8 @@ use rand::RngCore;
 pub const KEY_FILE: &str = "identity.key";
 /// File name of the API token inside the data dir.
 pub const TOKEN_FILE: &str = "api-token";
+/// Name of the lock file that keeps two processes from sharing one data dir.
+pub const LOCK_FILE: &str = "lock";
 
 /// Errors loading or creating a secret file.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,11 @@ pub enum IdentityError {
         /// Its mode bits.
         mode: u32,
     },
+    /// Another process holds the data dir.
+    #[error(
+        "data dir {0} is in use by another zerostate process; give each node its own --data-dir"
+    )]
+    InUse(PathBuf),
     /// `keygen` would overwrite an existing key.
     #[error(
         "{path} already exists; refusing to overwrite an identity (delete it first if you mean it)"
@@ -66,26 +76,52 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> I
     }
 }
 
+/// Takes the data dir's lock; it is held until the returned file is dropped.
+pub fn lock_data_dir(dir: &Path) -> Result<File, IdentityError> {
+    ensure_dir(dir)?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io_err("cannot open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(IdentityError::InUse(dir.to_owned())),
+        Err(fs::TryLockError::Error(e)) => Err(io_err("cannot lock", &path)(e)),
+    }
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600, creating parent directories (mode 0700).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     ensure_dir(dir)?;
-    let tmp = path.with_extension("tmp");
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    // A fresh name, created exclusively (never an existing file) and never through a link.
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(io_err("cannot create", &tmp))?;
-    // The mode above applies only to a new file; make sure of it for a stale tmp file too.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(io_err("cannot chmod", &tmp))?;
-    file.write_all(bytes)
-        .map_err(io_err("cannot write", &tmp))?;
-    file.sync_all().map_err(io_err("cannot sync", &tmp))?;
+    let written = file
+        .write_all(bytes)
+        .map_err(io_err("cannot write", &tmp))
+        .and_then(|()| file.sync_all().map_err(io_err("cannot sync", &tmp)));
     drop(file);
-    fs::rename(&tmp, path).map_err(io_err("cannot rename into", path))?;
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("cannot rename into", path)(e)
+    })?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("cannot sync directory", dir))?;
@@ -232,6 +268,43 @@ mod tests {
             generate(dir.path()),
             Err(IdentityError::Exists { .. })
         ));
+    }
+
+    #[test]
+    fn writing_a_secret_never_follows_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        // Links at the names a predictable writer would use.
+        for name in ["identity.tmp", ".identity.key.tmp", "api-token.tmp"] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        }
+        let key = load_or_create(dir.path()).unwrap();
+        load_or_create_token(dir.path(), "").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(load(dir.path()).unwrap().unwrap().public(), key.public());
+        let meta = fs::symlink_metadata(dir.path().join(KEY_FILE)).unwrap();
+        assert!(meta.file_type().is_file());
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name().to_string_lossy().ends_with(".tmp")
+                    && !e.file_type().unwrap().is_symlink()
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary file is left behind");
+    }
+
+    #[test]
+    fn the_data_dir_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path()).unwrap();
+        let err = lock_data_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, IdentityError::InUse(_)), "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(held);
+        lock_data_dir(dir.path()).unwrap();
     }
 
     #[test]

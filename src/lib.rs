@@ -4,14 +4,13 @@
 //! [`config::Config`]; everything it does reports into one prometheus-client registry that
 //! the HTTP server exposes on `/metrics`.
 
-pub mod cache;
 pub mod config;
 pub mod content;
 pub mod content_id;
+pub mod health;
 pub mod http;
 pub mod identity;
 pub mod metrics;
-pub mod monitor;
 pub mod node;
 pub mod p2p;
 

@@ -104,6 +104,8 @@ fn print_id(args: DirArgs) -> anyhow::Result<()> {
 
 fn keygen(args: DirArgs) -> anyhow::Result<()> {
     let config = load_config(&args.common, Overrides::default())?;
+    // A running node holds the lock: never swap its identity under it.
+    let _lock = identity::lock_data_dir(&config.data_dir)?;
     let key = identity::generate(&config.data_dir)?;
     eprintln!(
         "created {}",
@@ -123,7 +125,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let config = load_config(&args.common, flags)?;
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_env_filter(log_filter(&config.log))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
@@ -142,16 +144,37 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
         };
-        let signal = signal.await;
-        tracing::info!(signal, "shutting down");
+        let health = node.health().clone();
+        let failure = tokio::select! {
+            signal = signal => {
+                tracing::info!(signal, "shutting down");
+                None
+            }
+            reason = health.failed() => Some(reason),
+        };
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, node.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("graceful shutdown took longer than {SHUTDOWN_TIMEOUT:?}; exiting");
         }
-        Ok(())
+        match failure {
+            None => Ok(()),
+            Some(reason) => Err(anyhow::anyhow!("the node failed: {reason}")),
+        }
     })
+}
+
+/// The log filter of `log`, with one addition: libp2p-identify logs every change of a
+/// peer's view of our address at INFO, which a peer can repeat at will; it is kept at WARN
+/// unless `log` says otherwise about `libp2p_identify`.
+fn log_filter(log: &str) -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::new(log);
+    if log.contains("libp2p_identify") {
+        filter
+    } else {
+        filter.add_directive("libp2p_identify=warn".parse().expect("valid directive"))
+    }
 }
 
 /// Installs SIGINT and SIGTERM handlers; the future resolves to the name of the first signal.
@@ -165,4 +188,49 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'stati
             _ = int.recv() => "SIGINT",
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(log: &str) -> String {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(log_filter(log))
+            .with(tracing_subscriber::fmt::layer().with_writer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "libp2p_identify::behaviour", "Our observed address changed");
+            tracing::info!(target: "zerostate::node", "node started");
+        });
+        String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_peer_cannot_fill_the_log_with_observed_address_changes() {
+        let out = logged("info");
+        assert!(out.contains("node started"), "{out}");
+        assert!(!out.contains("observed address"), "{out}");
+        let out = logged("info,libp2p_identify=info");
+        assert!(
+            out.contains("observed address"),
+            "an explicit setting wins: {out}"
+        );
+    }
 }

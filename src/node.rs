@@ -1,5 +1,8 @@
-//! [`start`] wires a node together: identity, metrics, swarm, HTTP server; [`NodeHandle`]
-//! controls it and shuts it down gracefully.
+//! [`start`] wires a node together: identity, metrics, swarm, services, HTTP server; the
+//! [`NodeHandle`] controls it and shuts it down gracefully.
+//!
+//! This is where the layers meet: the swarm's event loop knows no service, so `start`
+//! creates each service's inbox and hands the senders to the loop as its [`Routes`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,24 +14,23 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{CacheMetrics, ContentCache};
 use crate::config::Config;
-use crate::content::{ContentMetrics, ContentService, ContentStore};
-use crate::http::{self, ApiState};
+use crate::content::{CacheMetrics, ContentCache, ContentMetrics, ContentService};
+use crate::health::{Health, supervise};
+use crate::http::{self, ApiState, HttpMetrics};
 use crate::identity::{self, IdentityError};
 use crate::metrics;
-use crate::monitor::{MonitorMetrics, PeerMonitor};
-use crate::p2p::{self, EventLoop, P2pError, P2pHandle, P2pMetrics};
+use crate::p2p::{
+    self, EventLoop, MonitorMetrics, P2pError, P2pHandle, P2pMetrics, PeerMonitor, Routes,
+};
 
 /// Name of the file, in the data dir, that tells tools where a running node can be reached.
 pub const NODE_INFO_FILE: &str = "node.json";
-/// Name of the lock file that keeps two nodes from sharing one data dir (and one identity).
-pub const LOCK_FILE: &str = "lock";
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The identity key or API token could not be loaded or created.
+    /// The data dir, the identity key or the API token could not be used.
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// The swarm could not be built or could not listen.
@@ -37,36 +39,6 @@ pub enum NodeError {
     /// The HTTP server could not bind.
     #[error("{0}")]
     Http(std::io::Error),
-    /// Another process holds the data dir.
-    #[error("data dir {0} is in use by another zerostate node; give each node its own --data-dir")]
-    DataDirInUse(PathBuf),
-    /// The lock file could not be opened.
-    #[error("cannot open lock file {path}: {source}")]
-    Lock {
-        /// The lock file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
-
-/// Takes the data dir's lock; it is held until the returned file is dropped.
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| NodeError::Lock {
-            path: path.clone(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirInUse(dir.to_owned())),
-        Err(std::fs::TryLockError::Error(source)) => Err(NodeError::Lock { path, source }),
-    }
 }
 
 /// A running node.
@@ -77,6 +49,7 @@ pub struct NodeHandle {
     p2p: P2pHandle,
     content: ContentService,
     registry: Arc<Registry>,
+    health: Health,
     cancel: CancellationToken,
     tasks: TaskTracker,
     _lock: std::fs::File,
@@ -113,13 +86,18 @@ impl NodeHandle {
         &self.registry
     }
 
+    /// The node's health.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// Waits until the node listens on at least one p2p address.
     pub async fn wait_listening(&self) {
         let mut status = self.p2p.watch_status();
         let _ = status.wait_for(|s| !s.listen_addrs.is_empty()).await;
     }
 
-    /// Stops the HTTP server and the swarm, and waits for every task to finish.
+    /// Stops the HTTP server, the services and the swarm, and waits for every task.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
@@ -142,15 +120,14 @@ struct RuntimeInfo<'a> {
 /// started listening for p2p connections.
 pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let data_dir = config.data_dir.clone();
-    identity::ensure_dir(&data_dir)?;
-    let lock = lock_data_dir(&data_dir)?;
+    let lock = identity::lock_data_dir(&data_dir)?;
     let key = identity::load_or_create(&data_dir)?;
     let peer_id = key.public().to_peer_id();
     let api_token = identity::load_or_create_token(&data_dir, &config.api_token)?;
     let token_hint = if config.api_token.is_empty() {
         format!(
-            "the token is in {}",
-            data_dir.join(identity::TOKEN_FILE).display()
+            "the token is in the file `{}` of the node's data dir",
+            identity::TOKEN_FILE
         )
     } else {
         "the token is the configured `api_token`".to_owned()
@@ -159,11 +136,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let mut registry = metrics::new_registry();
     let zs = registry.sub_registry_with_prefix(metrics::NAMESPACE);
     metrics::register_node_info(zs, tokio::runtime::Handle::current());
+    let p2p_config = config.p2p_config();
     let p2p_metrics = P2pMetrics::register(zs);
     let monitor = PeerMonitor::new(config.monitor.clone(), MonitorMetrics::register(zs));
     let cache = ContentCache::new(config.cache.clone(), CacheMetrics::register(zs));
-    let store = Arc::new(ContentStore::new(cache, ContentMetrics::register(zs)));
-    let (swarm, libp2p_metrics) = p2p::build_swarm(key, &config, zs, &p2p_metrics)?;
+    let content_metrics = ContentMetrics::register(zs);
+    let http_metrics = HttpMetrics::register(zs);
+    let (swarm, libp2p_metrics) = p2p::build_swarm(key, &p2p_config, zs, &p2p_metrics)?;
     let registry = Arc::new(registry);
 
     let listener = http::bind(config.http).await.map_err(NodeError::Http)?;
@@ -172,18 +151,31 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         tracing::warn!(%http_addr, "HTTP API is reachable from other hosts; state-changing calls still need the token");
     }
 
-    let (event_loop, p2p) = EventLoop::new(
-        swarm,
-        &config,
-        libp2p_metrics,
-        p2p_metrics,
-        monitor,
-        store.clone(),
-    );
-    let content = ContentService::new(store, p2p.clone(), config.content.clone());
+    // The services need the swarm's handle, and the event loop their inboxes.
+    let (event_loop, p2p) =
+        EventLoop::new(swarm, &p2p_config, libp2p_metrics, p2p_metrics, monitor);
+    let (content, content_actor, content_inbox) =
+        ContentService::new(cache, p2p.clone(), config.content.clone(), content_metrics);
+    let event_loop = event_loop.with_routes(Routes {
+        content: Some(content_inbox),
+        ..Routes::default()
+    });
+
+    let health = Health::default();
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(event_loop.run(cancel.clone()));
+    tasks.spawn(supervise(
+        "the p2p event loop",
+        event_loop.run(cancel.clone()),
+        health.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(supervise(
+        "the content service",
+        content_actor.run(cancel.clone()),
+        health.clone(),
+        cancel.clone(),
+    ));
 
     let state = ApiState::new(
         registry.clone(),
@@ -195,13 +187,15 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
             .iter()
             .any(|(id, _)| *id != peer_id),
         token_hint,
+        health.clone(),
     )
-    .with_loopback_only(config.http_is_loopback());
+    .with_allowed_hosts(&config.api.allowed_hosts);
     let app = http::router(state, &config.api, config.content.max_object_bytes);
     tasks.spawn(http::serve(
         listener,
         app,
         config.api.clone(),
+        http_metrics,
         cancel.clone(),
     ));
     tasks.spawn(write_runtime_info(
@@ -219,6 +213,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         p2p,
         content,
         registry,
+        health,
         cancel,
         tasks,
         _lock: lock,

@@ -14,8 +14,10 @@ use libp2p::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
+use super::config::P2pConfig;
 use super::content_protocol::{CONTENT_PROTOCOL, ContentCodec};
-use crate::config::Config;
+use super::ip_limits::PendingPerIp;
+use super::providers::ProviderLimits;
 
 /// Protocol version announced through identify.
 pub const PROTOCOL_VERSION: &str = "/zerostate/1.0.0";
@@ -40,7 +42,9 @@ pub fn agent_version() -> String {
 }
 
 /// Gossipsub peer scoring (off in rust-libp2p unless set). Invalid messages cost the most:
-/// about three tolerated before a peer reaches the graylist threshold (-80). Mesh delivery
+/// about three tolerated before a peer reaches the graylist threshold (-80), and the count
+/// decays slowly (×0.9 a second), so a peer that keeps sending invalid messages even at a
+/// low rate stays below the threshold and is graylisted. Mesh delivery
 /// rates are not scored: our topics are quiet between auctions, and a quiet mesh must not
 /// look like a failing one. Loopback peers are exempt from the IP colocation penalty (they
 /// can only be local processes, as on a devnet).
@@ -57,7 +61,7 @@ fn peer_score_params() -> gossipsub::PeerScoreParams {
             mesh_message_deliveries_weight: 0.0,
             mesh_failure_penalty_weight: 0.0,
             invalid_message_deliveries_weight: -80.0 / (tolerated * tolerated),
-            invalid_message_deliveries_decay: 0.5,
+            invalid_message_deliveries_decay: 0.9,
             ..Default::default()
         };
         params
@@ -71,6 +75,9 @@ fn peer_score_params() -> gossipsub::PeerScoreParams {
 /// connection costs the other behaviours nothing.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Pending incoming connections per remote IP (first: one address cannot fill the
+    /// pending slots of the next behaviour).
+    pub ip_limits: PendingPerIp,
     /// Pending / established / per-peer connection caps.
     pub limits: connection_limits::Behaviour,
     /// Banned peers; driven by the API now and by reputation later.
@@ -98,12 +105,14 @@ pub enum BehaviourError {
 
 impl Behaviour {
     /// Builds the behaviour for `key`, registering gossipsub's own metrics into `registry`.
-    /// `malformed_content` counts content requests the codec refuses.
+    /// `malformed_content` counts content requests the codec refuses, `refused_pending`
+    /// connections refused by the per-IP cap.
     pub fn new(
         key: &Keypair,
-        config: &Config,
+        config: &P2pConfig,
         registry: &mut Registry,
         malformed_content: Counter,
+        refused_pending: Counter,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
         let l = &config.limits;
@@ -116,13 +125,16 @@ impl Behaviour {
                 .with_max_established(Some(l.max_established_total))
                 .with_max_established_per_peer(Some(l.max_established_per_peer)),
         );
-        for (bootstrap, _) in config.bootstrap_peers() {
-            limits.bypass_peer_id(&bootstrap);
+        for (bootstrap, _) in &config.bootstrap {
+            limits.bypass_peer_id(bootstrap);
         }
 
+        // No address cache in identify: the swarm then dials only addresses from our
+        // filtered, capped routing table, never whatever a peer announced.
         let identify = identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
-                .with_agent_version(agent_version()),
+                .with_agent_version(agent_version())
+                .with_cache_size(0),
         );
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -140,9 +152,8 @@ impl Behaviour {
             MemoryStoreConfig {
                 max_value_bytes: MAX_KAD_RECORD_BYTES,
                 // One key per cached object of ours, plus the bounded records of others
-                // (the event loop evicts those beyond MAX_REMOTE_PROVIDER_RECORDS).
-                max_provided_keys: config.cache.max_entries
-                    + super::event_loop::MAX_REMOTE_PROVIDER_RECORDS,
+                // (the event loop keeps those within ProviderLimits).
+                max_provided_keys: config.max_provided_keys + ProviderLimits::default().total,
                 ..Default::default()
             },
         );
@@ -195,7 +206,11 @@ impl Behaviour {
             .map_err(BehaviourError::Gossipsub)?;
 
         let content = request_response::Behaviour::with_codec(
-            ContentCodec::new(config.content.max_object_bytes, malformed_content),
+            ContentCodec::new(
+                config.max_content_bytes,
+                config.max_buffered_content_bytes,
+                malformed_content,
+            ),
             [(CONTENT_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(10))
@@ -203,6 +218,7 @@ impl Behaviour {
         );
 
         Ok(Self {
+            ip_limits: PendingPerIp::new(l.max_pending_incoming_per_ip, refused_pending),
             limits,
             blocked: Default::default(),
             identify,

@@ -1,82 +1,115 @@
-//! `/zerostate/content/1`: get content by id from a peer.
+//! `/zerostate/content/2`: get content by id from a peer.
 //!
 //! Request: the binary CID of the wanted content (at most [`MAX_REQUEST_BYTES`]).
-//! Response: one status byte (`1` found, `0` not found), then, if found, the content up to the
-//! end of the stream. Both sides enforce their size limits while reading, so a peer cannot
-//! make us buffer more than the configured maximum object size.
+//! Response: one status byte, `0` not found, or `1` found followed by the length as a u64
+//! big-endian and exactly that many bytes. The reader refuses a length over its maximum
+//! object size before reading the data, reads into one buffer of the announced size, and
+//! takes that many bytes from a budget shared by every response being received, so the
+//! bytes buffered across all fetches stay bounded.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::content_id::ContentId;
 
 /// The protocol name.
-pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/zerostate/content/1");
+pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/zerostate/content/2");
 /// Largest request: a binary CID.
 pub const MAX_REQUEST_BYTES: u64 = ContentId::MAX_BINARY_LEN as u64;
 
 const FOUND: u8 = 1;
 const NOT_FOUND: u8 = 0;
+/// The buffer budget counts in units of this many bytes.
+const BUDGET_UNIT: u64 = 1024;
 
 /// Asks for the content with this id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContentRequest(pub ContentId);
 
+/// Bytes of a content response, holding their share of the receive budget until dropped.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    bytes: Bytes,
+    _lease: Option<Arc<OwnedSemaphorePermit>>,
+}
+
+impl Payload {
+    /// Bytes to send (no budget involved).
+    pub fn new(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            _lease: None,
+        }
+    }
+
+    /// The bytes (not verified). Keep the payload alive while working on them: it holds
+    /// their place in the receive budget.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Payload {}
+
 /// The answer to a [`ContentRequest`]. Found bytes are not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentResponse {
     /// The peer sent these bytes.
-    Found(Bytes),
+    Found(Payload),
     /// The peer does not have the content.
     NotFound,
 }
 
-/// Why a content request to a peer produced no response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestFailure {
-    /// The peer's response broke the protocol or exceeded our size limit.
-    #[error("malformed response: {0}")]
-    Malformed(String),
-    /// Dial failure, timeout, closed connection, unsupported protocol.
-    #[error("{0}")]
-    Failed(String),
-}
+/// The receive budget is used up: too many bytes are being received at once.
+#[derive(Debug, thiserror::Error)]
+#[error("the content receive budget is used up")]
+pub struct BudgetExhausted;
 
-impl RequestFailure {
-    /// Classifies a request-response outbound failure.
-    pub fn from_outbound(error: &libp2p::request_response::OutboundFailure) -> Self {
-        match error {
-            libp2p::request_response::OutboundFailure::Io(e)
-                if e.kind() == io::ErrorKind::InvalidData =>
-            {
-                Self::Malformed(e.to_string())
-            }
-            other => Self::Failed(other.to_string()),
-        }
-    }
-}
-
-/// Codec with a maximum object size. Request-response reports no event when reading a
-/// request fails, so the codec counts the requests it refuses itself.
+/// Codec with a maximum object size and a shared receive budget. Request-response reports no
+/// event when reading a request fails, so the codec counts the requests it refuses itself.
 #[derive(Debug, Clone)]
 pub struct ContentCodec {
     max_object_bytes: u64,
+    budget: Arc<Semaphore>,
     malformed_requests: Counter,
 }
 
 impl ContentCodec {
-    /// A codec that refuses responses larger than `max_object_bytes` and counts refused
-    /// requests in `malformed_requests`.
-    pub fn new(max_object_bytes: u64, malformed_requests: Counter) -> Self {
+    /// A codec that refuses responses larger than `max_object_bytes`, buffers at most
+    /// `max_buffered_bytes` across all responses being read (clones share the budget), and
+    /// counts refused requests in `malformed_requests`.
+    pub fn new(
+        max_object_bytes: u64,
+        max_buffered_bytes: u64,
+        malformed_requests: Counter,
+    ) -> Self {
+        let units = max_buffered_bytes
+            .max(max_object_bytes)
+            .div_ceil(BUDGET_UNIT)
+            .min(Semaphore::MAX_PERMITS as u64) as usize;
         Self {
             max_object_bytes,
+            budget: Arc::new(Semaphore::new(units)),
             malformed_requests,
         }
+    }
+
+    /// Bytes of budget left (for tests and diagnostics).
+    pub fn budget_available(&self) -> u64 {
+        self.budget.available_permits() as u64 * BUDGET_UNIT
     }
 }
 
@@ -129,13 +162,51 @@ impl request_response::Codec for ContentCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let buf = read_limited(io, self.max_object_bytes + 1).await?;
-        match buf.split_first() {
-            Some((&FOUND, data)) => Ok(ContentResponse::Found(Bytes::copy_from_slice(data))),
-            Some((&NOT_FOUND, [])) => Ok(ContentResponse::NotFound),
-            Some((status, _)) => Err(invalid(format!("unknown status byte {status}"))),
-            None => Err(invalid("empty response".into())),
+        let mut status = [0u8; 1];
+        match io.read_exact(&mut status).await {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(invalid("empty response".into()));
+            }
+            other => other?,
         }
+        match status[0] {
+            NOT_FOUND => {
+                expect_end(io).await?;
+                return Ok(ContentResponse::NotFound);
+            }
+            FOUND => {}
+            other => return Err(invalid(format!("unknown status byte {other}"))),
+        }
+        let mut len = [0u8; 8];
+        io.read_exact(&mut len)
+            .await
+            .map_err(|_| invalid("truncated length".into()))?;
+        let len = u64::from_be_bytes(len);
+        if len > self.max_object_bytes {
+            return Err(invalid(format!(
+                "announced {len} bytes, over the limit of {} bytes",
+                self.max_object_bytes
+            )));
+        }
+        let units = len.div_ceil(BUDGET_UNIT) as u32;
+        let lease = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(units)
+            .map_err(|_| io::Error::other(BudgetExhausted))?;
+        let mut data = vec![0u8; len as usize];
+        io.read_exact(&mut data).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                invalid(format!("announced {len} bytes but the stream ended early"))
+            } else {
+                e
+            }
+        })?;
+        expect_end(io).await?;
+        Ok(ContentResponse::Found(Payload {
+            bytes: Bytes::from(data),
+            _lease: Some(Arc::new(lease)),
+        }))
     }
 
     async fn write_request<T>(
@@ -161,13 +232,24 @@ impl request_response::Codec for ContentCodec {
         T: AsyncWrite + Unpin + Send,
     {
         match response {
-            ContentResponse::Found(data) => {
+            ContentResponse::Found(payload) => {
                 io.write_all(&[FOUND]).await?;
-                io.write_all(&data).await?;
+                io.write_all(&(payload.bytes.len() as u64).to_be_bytes())
+                    .await?;
+                io.write_all(&payload.bytes).await?;
             }
             ContentResponse::NotFound => io.write_all(&[NOT_FOUND]).await?,
         }
         io.close().await
+    }
+}
+
+/// Fails if the stream has more bytes.
+async fn expect_end<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<()> {
+    let mut extra = [0u8; 1];
+    match io.read(&mut extra).await? {
+        0 => Ok(()),
+        _ => Err(invalid("trailing bytes after the response".into())),
     }
 }
 
@@ -181,40 +263,61 @@ mod tests {
         futures::executor::block_on(f)
     }
 
+    fn found(data: &'static [u8]) -> ContentResponse {
+        ContentResponse::Found(Payload::new(Bytes::from_static(data)))
+    }
+
+    fn wire(codec: &mut ContentCodec, response: ContentResponse) -> Vec<u8> {
+        let mut wire = Cursor::new(Vec::new());
+        run(codec.write_response(&CONTENT_PROTOCOL, &mut wire, response)).unwrap();
+        wire.into_inner()
+    }
+
+    fn read(codec: &mut ContentCodec, bytes: Vec<u8>) -> io::Result<ContentResponse> {
+        run(codec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(bytes)))
+    }
+
     #[test]
     fn request_and_response_round_trip() {
-        let mut codec = ContentCodec::new(16, Counter::default());
+        let mut codec = ContentCodec::new(16, 1 << 20, Counter::default());
         let id = ContentId::of(b"hello");
-        let mut wire = Cursor::new(Vec::new());
-        run(codec.write_request(&CONTENT_PROTOCOL, &mut wire, ContentRequest(id))).unwrap();
-        let mut read = Cursor::new(wire.into_inner());
-        let got = run(codec.read_request(&CONTENT_PROTOCOL, &mut read)).unwrap();
+        let mut wire_req = Cursor::new(Vec::new());
+        run(codec.write_request(&CONTENT_PROTOCOL, &mut wire_req, ContentRequest(id))).unwrap();
+        let mut r = Cursor::new(wire_req.into_inner());
+        let got = run(codec.read_request(&CONTENT_PROTOCOL, &mut r)).unwrap();
         assert_eq!(got, ContentRequest(id));
 
-        for response in [
-            ContentResponse::Found(Bytes::from_static(b"hello")),
-            ContentResponse::Found(Bytes::new()),
-            ContentResponse::NotFound,
-        ] {
-            let mut wire = Cursor::new(Vec::new());
-            run(codec.write_response(&CONTENT_PROTOCOL, &mut wire, response.clone())).unwrap();
-            let mut read = Cursor::new(wire.into_inner());
-            let got = run(codec.read_response(&CONTENT_PROTOCOL, &mut read)).unwrap();
-            assert_eq!(got, response);
+        for response in [found(b"hello"), found(b""), ContentResponse::NotFound] {
+            let bytes = wire(&mut codec, response.clone());
+            assert_eq!(read(&mut codec, bytes).unwrap(), response);
         }
     }
 
     #[test]
     fn oversized_and_malformed_messages_are_rejected() {
         let refused = Counter::default();
-        let mut codec = ContentCodec::new(4, refused.clone());
+        let mut codec = ContentCodec::new(4, 1 << 20, refused.clone());
+        // An announced length over the limit is refused before any data is read.
         let mut big = vec![FOUND];
-        big.extend_from_slice(b"12345");
-        let err = run(codec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(big))).unwrap_err();
-        assert!(err.to_string().contains("limit"), "{err}");
-        let err =
-            run(codec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(vec![7u8]))).unwrap_err();
+        big.extend_from_slice(&u64::MAX.to_be_bytes());
+        let err = read(&mut codec, big).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        let mut short = vec![FOUND];
+        short.extend_from_slice(&4u64.to_be_bytes());
+        short.extend_from_slice(b"abc");
+        let err = read(&mut codec, short).unwrap_err();
+        assert!(err.to_string().contains("ended early"), "{err}");
+        let mut long = vec![FOUND];
+        long.extend_from_slice(&2u64.to_be_bytes());
+        long.extend_from_slice(b"abc");
+        let err = read(&mut codec, long).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
+        let err = read(&mut codec, vec![7u8]).unwrap_err();
         assert!(err.to_string().contains("status"), "{err}");
+        let err = read(&mut codec, vec![]).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let err = read(&mut codec, vec![NOT_FOUND, 1]).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
         let err = run(codec.read_request(&CONTENT_PROTOCOL, &mut Cursor::new(vec![1u8; 100])))
             .unwrap_err();
         assert!(err.to_string().contains("limit"), "{err}");
@@ -222,5 +325,25 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("bad content id"), "{err}");
         assert_eq!(refused.get(), 2, "both refused requests are counted");
+    }
+
+    #[test]
+    fn received_bytes_hold_the_shared_budget_until_dropped() {
+        let mut codec = ContentCodec::new(4096, 8192, Counter::default());
+        let mut other = codec.clone();
+        let bytes = wire(&mut codec, found(&[5u8; 4096]));
+        let first = read(&mut codec, bytes.clone()).unwrap();
+        assert_eq!(codec.budget_available(), 4096);
+        let second = read(&mut other, bytes.clone()).unwrap();
+        assert_eq!(codec.budget_available(), 0, "clones share one budget");
+        let err = read(&mut codec, bytes.clone()).unwrap_err();
+        assert!(
+            err.get_ref().is_some_and(|e| e.is::<BudgetExhausted>()),
+            "{err}"
+        );
+        drop(first);
+        assert_eq!(codec.budget_available(), 4096);
+        assert!(read(&mut codec, bytes).is_ok());
+        drop(second);
     }
 }

@@ -1,60 +1,59 @@
-//! The one task that owns the [`Swarm`]: it reacts to swarm events and to commands from
-//! [`P2pHandle`]s, redials bootstrap peers with backoff, and publishes [`NetStatus`].
+//! The one task that owns the [`Swarm`]. It moves bytes and events and does no service's
+//! work: inbound requests and gossip are routed to the services' bounded inboxes
+//! ([`Routes`]), their answers are sent back when they arrive, commands from
+//! [`P2pHandle`]s are carried out, and the plain state machines it owns (bootstrap redial,
+//! address book, remote provider records, peer monitor) are fed with swarm events.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
 use libp2p::kad::store::RecordStore;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::addrs::{AddressBook, MAX_ADDRS_PER_PEER, dialable, metric_stack};
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, TOPICS};
-use super::content_protocol::{ContentRequest, ContentResponse, RequestFailure};
-use super::handle::{COMMAND_QUEUE, Command, NetStatus, P2pHandle};
+use super::bootstrap::Bootstrap;
+use super::config::P2pConfig;
+use super::content_protocol::{ContentRequest, ContentResponse};
+use super::handle::{COMMAND_QUEUE, Command, NetStatus, P2pHandle, PublishError};
+use super::monitor::PeerMonitor;
+use super::providers::{Admission, ProviderLimits, RemoteProviders};
+use super::routing::{
+    GOSSIP_VERDICT_DEADLINE, GossipMessage, INBOUND_REPLY_DEADLINE, InboundRequest,
+    MAX_PENDING_ANSWERS, Outbound, Reply, RequestError, Routes, Verdict,
+};
 use super::{P2pMetrics, without_peer_id};
-use crate::config::Config;
-use crate::content::ContentStore;
-use crate::monitor::PeerMonitor;
 
-/// At most this many of a peer's announced listen addresses enter the routing table.
-const MAX_ADDRS_PER_PEER: usize = 8;
 /// How often bootstrap redials and peer liveness are checked.
 const TICK: Duration = Duration::from_millis(250);
 /// A provider search stops once it has found this many providers.
 const ENOUGH_PROVIDERS: usize = 8;
 /// Provider records are accepted only for keys of this length (a BLAKE3 digest).
 const CONTENT_KEY_LEN: usize = crate::content_id::DIGEST_LEN;
-/// Most addresses kept from one provider record.
-const MAX_PROVIDER_ADDRS: usize = 8;
-/// Most provider records of other peers kept; the least recently announced go first.
-pub(crate) const MAX_REMOTE_PROVIDER_RECORDS: usize = 8192;
+/// Most listen addresses of one identify message looked at.
+const MAX_ANNOUNCED_ADDRS: usize = 32;
 
-type ContentReply = oneshot::Sender<Result<ContentResponse, RequestFailure>>;
-
-/// A connection to a bootstrap peer must last this long before its redial backoff resets,
-/// so a peer that accepts and drops at once is not redialed at the initial rate forever.
-const STABLE_CONNECTION: Duration = Duration::from_secs(10);
-
-/// A configured bootstrap peer and its redial state.
-#[derive(Debug)]
-struct BootstrapPeer {
-    id: PeerId,
-    addr: Multiaddr,
-    connected: bool,
-    connected_at: Option<Instant>,
-    dialing: bool,
-    backoff: Duration,
-    next_dial: Instant,
+/// An answer the loop is waiting for: a service's reply to an inbound request, or its
+/// verdict on a gossip message.
+enum Answer {
+    Content(ResponseChannel<ContentResponse>, Option<ContentResponse>),
+    Verdict {
+        id: MessageId,
+        from: PeerId,
+        topic: &'static str,
+        verdict: Option<Verdict>,
+    },
 }
 
 /// Owns the swarm. Create with [`EventLoop::new`], run with [`EventLoop::run`].
@@ -65,53 +64,51 @@ pub struct EventLoop {
     libp2p_metrics: libp2p::metrics::Metrics,
     metrics: P2pMetrics,
     monitor: PeerMonitor,
-    content: Arc<ContentStore>,
+    routes: Routes,
+    /// Our topics by hash, so labels and routes use the fixed names.
+    topics: HashMap<TopicHash, &'static str>,
+    answers: FuturesUnordered<BoxFuture<'static, Answer>>,
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
-    /// Provider records stored for other peers, to bound them apart from our own.
-    remote_providers: lru::LruCache<(kad::RecordKey, PeerId), ()>,
-    content_requests: HashMap<OutboundRequestId, ContentReply>,
-    bootstrap: Vec<BootstrapPeer>,
-    backoff_initial: Duration,
-    backoff_max: Duration,
+    remote_providers: RemoteProviders,
+    address_book: AddressBook,
+    content_requests: HashMap<OutboundRequestId, Reply<ContentResponse>>,
+    bootstrap: Bootstrap,
     allow_private_addrs: bool,
 }
 
 impl EventLoop {
-    /// Wraps `swarm` and returns the loop with a handle to it. The loop feeds `monitor` and
-    /// serves content requests from `content`.
+    /// Wraps `swarm` and returns the loop with a handle to it. The loop feeds `monitor`.
+    /// Until [`EventLoop::with_routes`] says where inbound traffic goes, requests are
+    /// refused and gossip is rejected.
     pub fn new(
         mut swarm: Swarm<Behaviour>,
-        config: &Config,
+        config: &P2pConfig,
         libp2p_metrics: libp2p::metrics::Metrics,
         metrics: P2pMetrics,
         monitor: PeerMonitor,
-        content: Arc<ContentStore>,
     ) -> (Self, P2pHandle) {
         let local = *swarm.local_peer_id();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (status_tx, status_rx) = watch::channel(NetStatus::default());
-        let initial = Duration::from_millis(config.discovery.bootstrap_backoff_initial_ms);
-        let now = Instant::now();
-        let mut bootstrap = Vec::new();
-        for (id, addr) in config.bootstrap_peers() {
-            if id == local {
+        let mut peers = Vec::new();
+        for (id, addr) in &config.bootstrap {
+            if *id == local {
                 tracing::warn!(%addr, "ignoring bootstrap address that is this node itself");
                 continue;
             }
             swarm
                 .behaviour_mut()
                 .kad
-                .add_address(&id, without_peer_id(&addr));
-            bootstrap.push(BootstrapPeer {
-                id,
-                addr,
-                connected: false,
-                connected_at: None,
-                dialing: false,
-                backoff: initial,
-                next_dial: now,
-            });
+                .add_address(id, without_peer_id(addr));
+            peers.push((*id, addr.clone()));
         }
+        let d = &config.discovery;
+        let bootstrap = Bootstrap::new(
+            peers,
+            Duration::from_millis(d.bootstrap_backoff_initial_ms),
+            Duration::from_millis(d.bootstrap_backoff_max_ms),
+            Instant::now(),
+        );
         let event_loop = Self {
             swarm,
             commands: rx,
@@ -119,16 +116,26 @@ impl EventLoop {
             libp2p_metrics,
             metrics,
             monitor,
-            content,
+            routes: Routes::default(),
+            topics: TOPICS
+                .iter()
+                .map(|t| (IdentTopic::new(*t).hash(), *t))
+                .collect(),
+            answers: FuturesUnordered::new(),
             provider_queries: HashMap::new(),
-            remote_providers: lru::LruCache::unbounded(),
+            remote_providers: RemoteProviders::new(ProviderLimits::default()),
+            address_book: AddressBook::default(),
             content_requests: HashMap::new(),
             bootstrap,
-            backoff_initial: initial,
-            backoff_max: Duration::from_millis(config.discovery.bootstrap_backoff_max_ms),
             allow_private_addrs: config.allow_private_addrs,
         };
         (event_loop, P2pHandle::new(local, tx, status_rx))
+    }
+
+    /// Routes inbound requests and gossip to the services' inboxes in `routes`.
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// Runs until `cancel` fires or every handle is dropped, then closes the swarm.
@@ -146,8 +153,9 @@ impl EventLoop {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Not biased: a steady stream of commands must not starve swarm events (or the
+            // other way round). Cancellation is checked at every turn below.
             tokio::select! {
-                biased;
                 _ = cancel.cancelled() => break,
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
@@ -159,6 +167,12 @@ impl EventLoop {
                     self.disconnect_dead(dead);
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(answer) = self.answers.next(), if !self.answers.is_empty() => {
+                    self.on_answer(answer);
+                }
+            }
+            if cancel.is_cancelled() {
+                break;
             }
         }
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -188,7 +202,16 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Peers(reply) => {
-                let _ = reply.send(self.monitor.snapshot(Instant::now()));
+                let mut peers = self.monitor.snapshot(Instant::now());
+                let table = self.routing_table_sizes();
+                let gossip = &self.swarm.behaviour().gossipsub;
+                for info in &mut peers {
+                    if let Ok(peer) = info.peer_id.parse::<PeerId>() {
+                        info.gossip_score = gossip.peer_score(&peer);
+                        info.dht_addresses = table.get(&peer).copied();
+                    }
+                }
+                let _ = reply.send(peers);
             }
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.monitor.connected_peers().collect());
@@ -214,13 +237,17 @@ impl EventLoop {
                 let query = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.provider_queries.insert(query, (HashSet::new(), reply));
             }
-            Command::RequestContent { peer, id, reply } => {
-                let request = self
+            Command::Request(Outbound::Content {
+                peer,
+                request,
+                reply,
+            }) => {
+                let id = self
                     .swarm
                     .behaviour_mut()
                     .content
-                    .send_request(&peer, ContentRequest(id));
-                self.content_requests.insert(request, reply);
+                    .send_request(&peer, request);
+                self.content_requests.insert(id, reply);
             }
             Command::Dial(addr, reply) => {
                 let result = match addr.iter().last() {
@@ -242,35 +269,44 @@ impl EventLoop {
                         .gossipsub
                         .publish(IdentTopic::new(topic), data)
                         .map(|_| ())
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| match e {
+                            gossipsub::PublishError::NoPeersSubscribedToTopic => {
+                                PublishError::NoPeers
+                            }
+                            gossipsub::PublishError::MessageTooLarge => PublishError::TooLarge,
+                            gossipsub::PublishError::Duplicate => PublishError::Duplicate,
+                            other => PublishError::Other(other.to_string()),
+                        })
                 } else {
-                    Err(format!(
-                        "unknown topic {topic}; known: {}",
-                        TOPICS.join(", ")
-                    ))
+                    Err(PublishError::UnknownTopic(topic))
                 };
                 let _ = reply.send(result);
             }
         }
     }
 
+    /// Number of addresses of each peer in Kademlia's routing table.
+    fn routing_table_sizes(&mut self) -> HashMap<PeerId, usize> {
+        let mut sizes = HashMap::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                sizes.insert(*entry.node.key.preimage(), entry.node.value.len());
+            }
+        }
+        sizes
+    }
+
     fn dial_due_bootstrap_peers(&mut self) {
         let now = Instant::now();
-        for i in 0..self.bootstrap.len() {
-            let b = &self.bootstrap[i];
-            if b.connected || b.dialing || now < b.next_dial {
-                continue;
-            }
-            let opts = DialOpts::peer_id(b.id)
-                .addresses(vec![b.addr.clone()])
+        for (id, addr) in self.bootstrap.due(now) {
+            let opts = DialOpts::peer_id(id)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(vec![addr])
                 .build();
-            let id = b.id;
             match self.swarm.dial(opts) {
-                Ok(()) => self.bootstrap[i].dialing = true,
-                // Already connected or dialing through another path: check again later.
+                Ok(()) => tracing::debug!(peer = %id, "dialing bootstrap peer"),
                 Err(DialError::DialPeerConditionFalse(_)) => {
-                    self.bootstrap[i].next_dial = now + self.backoff_initial;
+                    self.bootstrap.dial_not_started(&id, now);
                 }
                 Err(e) => {
                     tracing::warn!(peer = %id, error = %e, "cannot dial bootstrap peer");
@@ -281,18 +317,25 @@ impl EventLoop {
     }
 
     fn bootstrap_failed(&mut self, peer: PeerId) {
-        let max = self.backoff_max;
-        if let Some(b) = self.bootstrap.iter_mut().find(|b| b.id == peer) {
-            b.dialing = false;
-            b.next_dial = Instant::now() + b.backoff;
-            tracing::info!(peer = %peer, retry_in = ?b.backoff, "bootstrap peer unreachable");
-            b.backoff = (b.backoff * 2).min(max);
+        if let Some(retry_in) = self.bootstrap.dial_failed(&peer, Instant::now()) {
+            tracing::info!(peer = %peer, ?retry_in, "bootstrap peer unreachable");
             self.metrics.bootstrap_dial("failed");
         }
     }
 
+    /// Records a swarm event in libp2p-metrics, except address candidates whose protocol
+    /// stack a remote chose and is not one we allow as a label value.
+    fn record_swarm_metrics(&self, event: &SwarmEvent<BehaviourEvent>) {
+        if let SwarmEvent::NewExternalAddrCandidate { address } = event
+            && metric_stack(address).is_none()
+        {
+            return;
+        }
+        self.libp2p_metrics.record(event);
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        self.libp2p_metrics.record(&event);
+        self.record_swarm_metrics(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
@@ -315,7 +358,14 @@ impl EventLoop {
                 let addr = endpoint.get_remote_address().clone();
                 tracing::debug!(peer = %peer_id, %addr, "connection established");
                 self.monitor.on_connected(peer_id, addr, Instant::now());
-                self.on_bootstrap_connected(peer_id);
+                if self.bootstrap.connected(&peer_id, Instant::now()) {
+                    self.metrics.bootstrap_dial("connected");
+                    tracing::info!(peer = %peer_id, "connected to bootstrap peer");
+                    // Find the rest of the network through the bootstrap peer's table.
+                    if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                        tracing::warn!(error = %e, "kademlia bootstrap could not start");
+                    }
+                }
                 self.publish_status();
             }
             SwarmEvent::ConnectionClosed {
@@ -329,23 +379,10 @@ impl EventLoop {
                     endpoint.get_remote_address(),
                     num_established,
                 );
-                if num_established == 0 {
-                    let (initial, max) = (self.backoff_initial, self.backoff_max);
-                    if let Some(b) = self.bootstrap.iter_mut().find(|b| b.id == peer_id) {
-                        let stable = b
-                            .connected_at
-                            .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION);
-                        if stable {
-                            b.backoff = initial;
-                        }
-                        tracing::info!(peer = %peer_id, retry_in = ?b.backoff, "lost bootstrap peer; will redial");
-                        b.connected = false;
-                        b.connected_at = None;
-                        b.next_dial = Instant::now() + b.backoff;
-                        if !stable {
-                            b.backoff = (b.backoff * 2).min(max);
-                        }
-                    }
+                if num_established == 0
+                    && let Some(retry_in) = self.bootstrap.disconnected(&peer_id, Instant::now())
+                {
+                    tracing::info!(peer = %peer_id, ?retry_in, "lost bootstrap peer; will redial");
                 }
                 self.publish_status();
             }
@@ -355,7 +392,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "outgoing connection failed");
-                if self.bootstrap.iter().any(|b| b.id == peer && b.dialing) {
+                if self.bootstrap.is_dialing(&peer) {
                     self.bootstrap_failed(peer);
                 }
             }
@@ -364,28 +401,10 @@ impl EventLoop {
         }
     }
 
-    fn on_bootstrap_connected(&mut self, peer: PeerId) {
-        let Some(b) = self.bootstrap.iter_mut().find(|b| b.id == peer) else {
-            return;
-        };
-        if b.connected {
-            return;
-        }
-        b.connected = true;
-        b.connected_at = Some(Instant::now());
-        b.dialing = false;
-        self.metrics.bootstrap_dial("connected");
-        tracing::info!(%peer, "connected to bootstrap peer");
-        // Find the rest of the network through the bootstrap peer's routing table.
-        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-            tracing::warn!(error = %e, "kademlia bootstrap could not start");
-        }
-    }
-
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(event) => {
-                self.libp2p_metrics.record(&event);
+                record_identify(&self.libp2p_metrics, &event);
                 if let identify::Event::Received { peer_id, info, .. } = event {
                     self.on_identified(peer_id, info);
                 }
@@ -414,20 +433,104 @@ impl EventLoop {
                     message,
                 } = event
                 {
-                    let (acceptance, verdict) = validate_gossip(&message);
-                    self.metrics.gossip(message.topic.as_str(), verdict);
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            acceptance,
-                        );
+                    self.route_gossip(propagation_source, message_id, message);
                 }
             }
             BehaviourEvent::Content(event) => self.on_content_event(event),
-            BehaviourEvent::Limits(never) | BehaviourEvent::Blocked(never) => match never {},
+            BehaviourEvent::IpLimits(never)
+            | BehaviourEvent::Limits(never)
+            | BehaviourEvent::Blocked(never) => match never {},
+        }
+    }
+
+    /// Hands a gossip message to its topic's service, or rejects it if the topic has none.
+    fn route_gossip(&mut self, from: PeerId, id: MessageId, message: gossipsub::Message) {
+        // The subscription filter admits only our topics, so the lookup cannot miss.
+        let Some(&topic) = self.topics.get(&message.topic) else {
+            self.report(&id, &from, MessageAcceptance::Reject);
+            return;
+        };
+        let Some(route) = self.routes.gossip.get(topic) else {
+            // No message format on this topic yet: nothing valid can arrive on it.
+            self.metrics.gossip(topic, "rejected");
+            self.report(&id, &from, MessageAcceptance::Reject);
+            return;
+        };
+        if self.answers.len() >= MAX_PENDING_ANSWERS {
+            self.metrics.gossip(topic, "ignored");
+            self.report(&id, &from, MessageAcceptance::Ignore);
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let routed = route.try_send(GossipMessage {
+            topic,
+            source: message.source,
+            propagation_source: from,
+            data: message.data,
+            verdict: tx,
+        });
+        if routed.is_err() {
+            // The service is behind: do not wait, do not forward, do not penalise.
+            self.metrics.gossip(topic, "ignored");
+            self.report(&id, &from, MessageAcceptance::Ignore);
+            return;
+        }
+        self.answers.push(
+            async move {
+                let verdict = tokio::time::timeout(GOSSIP_VERDICT_DEADLINE, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                Answer::Verdict {
+                    id,
+                    from,
+                    topic,
+                    verdict,
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    fn report(&mut self, id: &MessageId, from: &PeerId, acceptance: MessageAcceptance) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, from, acceptance);
+    }
+
+    fn on_answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Content(channel, Some(response)) => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .content
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("peer went away before the content response");
+                }
+            }
+            Answer::Content(_channel, None) => {
+                // Dropping the channel closes the stream without an answer.
+                self.metrics.inbound_refused("content", "no_reply");
+            }
+            Answer::Verdict {
+                id,
+                from,
+                topic,
+                verdict,
+            } => {
+                let (acceptance, label) = match verdict {
+                    Some(Verdict::Accept) => (MessageAcceptance::Accept, "accepted"),
+                    Some(Verdict::Reject) => (MessageAcceptance::Reject, "rejected"),
+                    Some(Verdict::Ignore) => (MessageAcceptance::Ignore, "ignored"),
+                    None => (MessageAcceptance::Ignore, "timeout"),
+                };
+                self.metrics.gossip(topic, label);
+                self.report(&id, &from, acceptance);
+            }
         }
     }
 
@@ -465,23 +568,10 @@ impl EventLoop {
                 peer,
                 message:
                     request_response::Message::Request {
-                        request: ContentRequest(id),
-                        channel,
-                        ..
+                        request, channel, ..
                     },
                 ..
-            } => {
-                let response = self.content.serve(&id);
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .content
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!(%peer, %id, "peer went away before the content response");
-                }
-            }
+            } => self.route_content_request(peer, request, channel),
             request_response::Event::Message {
                 message:
                     request_response::Message::Response {
@@ -498,7 +588,7 @@ impl EventLoop {
                 request_id, error, ..
             } => {
                 if let Some(reply) = self.content_requests.remove(&request_id) {
-                    let _ = reply.send(Err(RequestFailure::from_outbound(&error)));
+                    let _ = reply.send(Err(RequestError::from_outbound(&error)));
                 }
             }
             // Malformed requests never get here: the codec counts them.
@@ -509,6 +599,44 @@ impl EventLoop {
         }
     }
 
+    /// Hands a content request to the content service; refuses it when the service is busy.
+    fn route_content_request(
+        &mut self,
+        peer: PeerId,
+        request: ContentRequest,
+        channel: ResponseChannel<ContentResponse>,
+    ) {
+        let Some(inbox) = &self.routes.content else {
+            self.metrics.inbound_refused("content", "busy");
+            return;
+        };
+        if self.answers.len() >= MAX_PENDING_ANSWERS {
+            self.metrics.inbound_refused("content", "busy");
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let routed = inbox.try_send(InboundRequest {
+            peer,
+            request,
+            reply: tx,
+        });
+        if routed.is_err() {
+            // Dropping `channel` refuses the request at once.
+            self.metrics.inbound_refused("content", "busy");
+            return;
+        }
+        self.answers.push(
+            async move {
+                let response = tokio::time::timeout(INBOUND_REPLY_DEADLINE, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                Answer::Content(channel, response)
+            }
+            .boxed(),
+        );
+    }
+
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
         let protocols = info.protocols.iter().map(ToString::to_string).collect();
@@ -517,17 +645,24 @@ impl EventLoop {
         if !speaks_kad {
             return;
         }
-        // Only peers that confirmed our DHT protocol enter the routing table, with a capped
-        // number of plausible addresses.
+        // Only peers that confirmed our DHT protocol enter the routing table, with plausible
+        // addresses, at most MAX_ADDRS_PER_PEER per peer over all identify messages.
         let allow_private = self.allow_private_addrs;
-        let addrs: Vec<Multiaddr> = info
-            .listen_addrs
-            .into_iter()
-            .filter(|a| dialable(a, allow_private))
-            .take(MAX_ADDRS_PER_PEER)
-            .collect();
-        for addr in addrs {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        for addr in info.listen_addrs.into_iter().take(MAX_ANNOUNCED_ADDRS) {
+            if !dialable(&addr, allow_private) {
+                self.metrics.address_dropped("filtered");
+                continue;
+            }
+            let addr = without_peer_id(&addr);
+            let outcome = self.address_book.add(peer, addr.clone());
+            let kad = &mut self.swarm.behaviour_mut().kad;
+            if outcome.added {
+                kad.add_address(&peer, addr);
+            }
+            for (old_peer, old_addr) in outcome.evicted {
+                kad.remove_address(&old_peer, &old_addr);
+                self.metrics.address_dropped("evicted");
+            }
         }
     }
 
@@ -542,32 +677,9 @@ impl EventLoop {
             kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::AddProvider {
-                        record: Some(mut record),
+                        record: Some(record),
                     },
-            } => {
-                // kad already checked that the record names the peer that sent it.
-                if record.key.as_ref().len() != CONTENT_KEY_LEN {
-                    tracing::debug!(provider = %record.provider, "dropping provider record with a non-content key");
-                    return;
-                }
-                let allow_private = self.allow_private_addrs;
-                record.addresses.retain(|a| dialable(a, allow_private));
-                record.addresses.truncate(MAX_PROVIDER_ADDRS);
-                let slot = (record.key.clone(), record.provider);
-                let store = self.swarm.behaviour_mut().kad.store_mut();
-                if let Err(e) = store.add_provider(record) {
-                    tracing::debug!(error = %e, "provider record not stored");
-                    return;
-                }
-                if self.remote_providers.get(&slot).is_none() {
-                    self.remote_providers.push(slot, ());
-                    if self.remote_providers.len() > MAX_REMOTE_PROVIDER_RECORDS
-                        && let Some(((key, provider), ())) = self.remote_providers.pop_lru()
-                    {
-                        store.remove_provider(&key, &provider);
-                    }
-                }
-            }
+            } => self.on_provider_record(record),
             kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetProviders(result),
@@ -578,63 +690,74 @@ impl EventLoop {
                 result: kad::QueryResult::Bootstrap(Err(e)),
                 ..
             } => tracing::debug!(error = ?e, "kademlia bootstrap step failed"),
-            kad::Event::RoutingUpdated { peer, .. } => {
+            kad::Event::RoutingUpdated { peer, old_peer, .. } => {
                 tracing::debug!(%peer, "kademlia routing table updated");
+                if let Some(old) = old_peer {
+                    self.address_book.forget(&old);
+                }
             }
             _ => {}
         }
     }
-}
 
-/// Whether an address a peer announced is one we would dial.
-fn dialable(addr: &Multiaddr, allow_private: bool) -> bool {
-    match addr.iter().next() {
-        Some(Protocol::Ip4(ip)) => {
-            !ip.is_unspecified()
-                && !ip.is_broadcast()
-                && !ip.is_multicast()
-                && (allow_private || is_global(IpAddr::V4(ip)))
+    /// Stores a provider record another peer announced, within [`ProviderLimits`].
+    fn on_provider_record(&mut self, mut record: kad::ProviderRecord) {
+        // kad already checked that the record names the peer that sent it.
+        if record.key.as_ref().len() != CONTENT_KEY_LEN {
+            self.metrics.provider_record_refused("bad_key");
+            return;
         }
-        Some(Protocol::Ip6(ip)) => {
-            !ip.is_unspecified()
-                && !ip.is_multicast()
-                && (allow_private || is_global(IpAddr::V6(ip)))
+        let allow_private = self.allow_private_addrs;
+        record.addresses.retain(|a| dialable(a, allow_private));
+        record.addresses.truncate(MAX_ADDRS_PER_PEER);
+        let (key, provider) = (record.key.clone(), record.provider);
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        match self.remote_providers.admit(key.clone(), provider) {
+            Admission::Refuse(reason) => {
+                self.metrics.provider_record_refused(reason.label());
+            }
+            Admission::Store { evict, over_quota } => {
+                for (k, p) in &evict {
+                    store.remove_provider(k, p);
+                }
+                if over_quota {
+                    self.metrics.provider_record_refused("peer_quota");
+                }
+                if let Err(e) = store.add_provider(record) {
+                    tracing::debug!(error = %e, "provider record not stored");
+                    self.remote_providers.remove(&key, &provider);
+                }
+            }
         }
-        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
-        _ => false,
+        self.metrics
+            .remote_provider_records
+            .set(self.remote_providers.len() as i64);
     }
 }
 
-fn is_global(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(ip) => !(ip.is_private() || ip.is_loopback() || ip.is_link_local()),
-        IpAddr::V6(ip) => {
-            let seg0 = ip.segments()[0];
-            !(ip.is_loopback() || (seg0 & 0xfe00) == 0xfc00 || (seg0 & 0xffc0) == 0xfe80)
+/// Records an identify event in libp2p-metrics with the addresses reduced to what may become
+/// a label value: listen addresses of an allowed protocol stack only, and an observed address
+/// of another stack replaced by an empty one. A peer cannot add series by announcing new
+/// address shapes.
+fn record_identify(metrics: &libp2p::metrics::Metrics, event: &identify::Event) {
+    match event {
+        identify::Event::Received {
+            connection_id,
+            peer_id,
+            info,
+        } => {
+            let mut info = info.clone();
+            info.listen_addrs.retain(|a| metric_stack(a).is_some());
+            info.listen_addrs.truncate(MAX_ADDRS_PER_PEER);
+            if metric_stack(&info.observed_addr).is_none() {
+                info.observed_addr = Multiaddr::empty();
+            }
+            metrics.record(&identify::Event::Received {
+                connection_id: *connection_id,
+                peer_id: *peer_id,
+                info,
+            });
         }
-    }
-}
-
-/// Decides whether a gossip message is forwarded. No topic has a message format yet (the
-/// market defines them), so every message is ignored: not forwarded, not penalised. (The
-/// subscription filter already keeps messages of other topics out.)
-fn validate_gossip(_message: &gossipsub::Message) -> (MessageAcceptance, &'static str) {
-    (MessageAcceptance::Ignore, "ignored")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn private_addresses_need_permission() {
-        let lo: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
-        let private: Multiaddr = "/ip4/10.1.2.3/tcp/1".parse().unwrap();
-        let public: Multiaddr = "/ip4/8.8.8.8/tcp/1".parse().unwrap();
-        let any: Multiaddr = "/ip4/0.0.0.0/tcp/1".parse().unwrap();
-        assert!(!dialable(&lo, false) && dialable(&lo, true));
-        assert!(!dialable(&private, false) && dialable(&private, true));
-        assert!(dialable(&public, false));
-        assert!(!dialable(&any, true));
+        other => metrics.record(other),
     }
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::content_protocol::{ContentResponse, RequestFailure};
+use super::monitor::PeerInfo;
+use super::routing::{Outbound, RequestError, RequestProtocol};
 use crate::content_id::ContentId;
-use crate::monitor::PeerInfo;
 
 /// Capacity of the command channel; senders wait when the event loop is behind.
 pub const COMMAND_QUEUE: usize = 256;
@@ -30,15 +30,8 @@ pub enum Command {
     },
     /// Find providers of content through Kademlia.
     FindProviders(ContentId, oneshot::Sender<Vec<PeerId>>),
-    /// Ask one peer for content.
-    RequestContent {
-        /// The peer.
-        peer: PeerId,
-        /// The content.
-        id: ContentId,
-        /// Its answer (unverified), or why there is none.
-        reply: oneshot::Sender<Result<ContentResponse, RequestFailure>>,
-    },
+    /// Send a request to a peer over one of our request-response protocols.
+    Request(Outbound),
     /// Dial an address (must end in `/p2p/<peer id>`).
     Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
     /// Add a peer to the block list and disconnect it.
@@ -52,8 +45,37 @@ pub enum Command {
         /// Payload.
         data: Vec<u8>,
         /// The outcome.
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), PublishError>>,
     },
+}
+
+/// Why a gossip message was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The topic is not one of ours.
+    #[error("`{0}` is not one of the node's topics")]
+    UnknownTopic(String),
+    /// No peer subscribed to the topic is connected.
+    #[error("no connected peer is subscribed to the topic")]
+    NoPeers,
+    /// The message is over the gossip size limit.
+    #[error("the message is larger than the gossip limit")]
+    TooLarge,
+    /// The same message was published recently.
+    #[error("the same message was published recently")]
+    Duplicate,
+    /// Any other gossipsub error.
+    #[error("{0}")]
+    Other(String),
+    /// The event loop has stopped.
+    #[error("the p2p event loop has stopped")]
+    Stopped,
+}
+
+impl From<HandleError> for PublishError {
+    fn from(_: HandleError) -> Self {
+        Self::Stopped
+    }
 }
 
 /// The swarm's state as readiness checks need it.
@@ -81,6 +103,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a command that goes over the network (the protocols' own
 /// timeouts end it sooner).
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a caller waits for room in the command queue.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Cheap, cloneable handle to the swarm's event loop.
 #[derive(Debug, Clone)]
@@ -132,9 +156,9 @@ impl P2pHandle {
     ) -> Result<T, HandleError> {
         let (tx, rx) = oneshot::channel();
         let send = self.commands.send(make(tx));
-        tokio::time::timeout(ANSWER_TIMEOUT, send)
+        tokio::time::timeout(SEND_TIMEOUT, send)
             .await
-            .map_err(|_| HandleError::Timeout(ANSWER_TIMEOUT))?
+            .map_err(|_| HandleError::Timeout(SEND_TIMEOUT))?
             .map_err(|_| HandleError::Stopped)?;
         tokio::time::timeout(limit, rx)
             .await
@@ -168,18 +192,21 @@ impl P2pHandle {
             .await
     }
 
-    /// Asks `peer` for `id`; the bytes are not verified yet.
-    pub async fn request_content(
+    /// Sends `request` to `peer` over protocol `P` and waits for the response (bounded by
+    /// the protocol's request timeout; callers may give up sooner by dropping the future).
+    pub async fn request<P: RequestProtocol>(
         &self,
         peer: PeerId,
-        id: ContentId,
-    ) -> Result<Result<ContentResponse, RequestFailure>, HandleError> {
-        self.ask_within(NETWORK_TIMEOUT, |reply| Command::RequestContent {
-            peer,
-            id,
-            reply,
+        request: P::Request,
+    ) -> Result<P::Response, RequestError> {
+        self.ask_within(NETWORK_TIMEOUT, |reply| {
+            Command::Request(P::outbound(peer, request, reply))
         })
         .await
+        .map_err(|e| match e {
+            HandleError::Stopped => RequestError::Stopped,
+            HandleError::Timeout(_) => RequestError::Timeout,
+        })?
     }
 
     /// Monitored peers: state, addresses, protocols, RTT.
@@ -203,13 +230,9 @@ impl P2pHandle {
     }
 
     /// Publishes `data` on `topic`.
-    pub async fn publish(
-        &self,
-        topic: &str,
-        data: Vec<u8>,
-    ) -> Result<Result<(), String>, HandleError> {
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), PublishError> {
         let topic = topic.to_owned();
         self.ask(|reply| Command::Publish { topic, data, reply })
-            .await
+            .await?
     }
 }

@@ -1,30 +1,40 @@
 //! The swarm: behaviour composition, the event loop that owns it, and the handle to it.
 
+pub mod addrs;
 mod behaviour;
+pub mod bootstrap;
+pub mod config;
 mod content_protocol;
 mod event_loop;
 mod handle;
-
-use std::time::Duration;
+pub mod ip_limits;
+pub mod monitor;
+pub mod providers;
+pub mod routing;
 
 use libp2p::{Swarm, SwarmBuilder, identity::Keypair, noise, tcp, yamux};
 use prometheus_client::encoding::EncodeLabelSet;
-
-use crate::metrics::OutcomeLabels;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
+
+use crate::metrics::OutcomeLabels;
 
 pub use behaviour::{
     Behaviour, KAD_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES, PROTOCOL_VERSION, TOPICS, agent_version,
 };
+pub use config::{DiscoveryConfig, LimitsConfig, MonitorConfig, P2pConfig};
 pub use content_protocol::{
-    CONTENT_PROTOCOL, ContentCodec, ContentRequest, ContentResponse, MAX_REQUEST_BYTES,
-    RequestFailure,
+    BudgetExhausted, CONTENT_PROTOCOL, ContentCodec, ContentRequest, ContentResponse,
+    MAX_REQUEST_BYTES, Payload,
 };
 pub use event_loop::EventLoop;
-pub use handle::{Command, HandleError, NetStatus, P2pHandle};
-
-use crate::config::Config;
+pub use handle::{Command, HandleError, NetStatus, P2pHandle, PublishError};
+pub use monitor::{MonitorMetrics, PeerInfo, PeerMonitor, PeerState};
+pub use routing::{
+    Content, ContentInbox, GossipMessage, InboundRequest, RequestError, RequestProtocol, Routes,
+    Verdict,
+};
 
 /// Errors starting the swarm.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +57,7 @@ pub enum P2pError {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GossipLabels {
-    topic: String,
+    topic: &'static str,
     verdict: &'static str,
 }
 
@@ -56,12 +66,29 @@ struct ProtocolLabels {
     protocol: &'static str,
 }
 
-/// Our own swarm-level metrics (libp2p-metrics covers the protocol internals).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    protocol: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Our own swarm-level metrics (libp2p-metrics covers the protocol internals). No label
+/// value comes from the network: topics, protocols and reasons are fixed in code.
 #[derive(Clone, Debug, Default)]
 pub struct P2pMetrics {
     gossip_messages: Family<GossipLabels, Counter>,
     bootstrap_dials: Family<OutcomeLabels, Counter>,
     malformed: Family<ProtocolLabels, Counter>,
+    inbound_refused: Family<RefusedLabels, Counter>,
+    connections_refused: Family<ReasonLabels, Counter>,
+    addresses_dropped: Family<ReasonLabels, Counter>,
+    remote_provider_records: Gauge,
+    provider_records_refused: Family<ReasonLabels, Counter>,
 }
 
 impl P2pMetrics {
@@ -71,13 +98,38 @@ impl P2pMetrics {
         let p2p = registry.sub_registry_with_prefix("p2p");
         p2p.register(
             "gossip_messages",
-            "Gossipsub messages received, by topic and validation verdict (ignored until the market defines message formats)",
+            "Gossipsub messages received, by topic and verdict (accepted, rejected, ignored, timeout)",
             m.gossip_messages.clone(),
         );
         p2p.register(
             "malformed_messages",
             "Messages from peers refused by a decoder, by protocol (content)",
             m.malformed.clone(),
+        );
+        p2p.register(
+            "inbound_refused",
+            "Inbound requests refused by the router, by protocol and reason (busy: the service's inbox was full; no_reply: the service did not answer in time)",
+            m.inbound_refused.clone(),
+        );
+        p2p.register(
+            "connections_refused",
+            "Incoming connections refused by our own limits, by reason (pending_per_ip)",
+            m.connections_refused.clone(),
+        );
+        p2p.register(
+            "peer_addresses_dropped",
+            "Addresses peers announced that did not enter the routing table (filtered) or were pushed out by newer ones of the same peer (evicted)",
+            m.addresses_dropped.clone(),
+        );
+        p2p.register(
+            "remote_provider_records",
+            "Provider records of other peers held by this node",
+            m.remote_provider_records.clone(),
+        );
+        p2p.register(
+            "provider_records_refused",
+            "Provider records of other peers refused or dropped, by reason (bad_key, key_full, peer_quota)",
+            m.provider_records_refused.clone(),
         );
         p2p.register(
             "bootstrap_dials",
@@ -87,11 +139,10 @@ impl P2pMetrics {
         m
     }
 
-    fn gossip(&self, topic: &str, verdict: &'static str) {
-        let counter = self.gossip_messages.get_or_create(&GossipLabels {
-            topic: topic.to_owned(),
-            verdict,
-        });
+    fn gossip(&self, topic: &'static str, verdict: &'static str) {
+        let counter = self
+            .gossip_messages
+            .get_or_create(&GossipLabels { topic, verdict });
         counter.inc();
     }
 
@@ -100,6 +151,34 @@ impl P2pMetrics {
     fn malformed_counter(&self, protocol: &'static str) -> Counter {
         let counter = self.malformed.get_or_create(&ProtocolLabels { protocol });
         counter.clone()
+    }
+
+    fn inbound_refused(&self, protocol: &'static str, reason: &'static str) {
+        let counter = self
+            .inbound_refused
+            .get_or_create(&RefusedLabels { protocol, reason });
+        counter.inc();
+    }
+
+    fn connections_refused_counter(&self, reason: &'static str) -> Counter {
+        let counter = self
+            .connections_refused
+            .get_or_create(&ReasonLabels { reason });
+        counter.clone()
+    }
+
+    fn address_dropped(&self, reason: &'static str) {
+        let counter = self
+            .addresses_dropped
+            .get_or_create(&ReasonLabels { reason });
+        counter.inc();
+    }
+
+    fn provider_record_refused(&self, reason: &'static str) {
+        let counter = self
+            .provider_records_refused
+            .get_or_create(&ReasonLabels { reason });
+        counter.inc();
     }
 
     fn bootstrap_dial(&self, outcome: &'static str) {
@@ -126,11 +205,17 @@ pub(crate) fn without_peer_id(addr: &libp2p::Multiaddr) -> libp2p::Multiaddr {
 /// gossipsub's metrics into `registry` (the `zerostate` registry).
 pub fn build_swarm(
     key: Keypair,
-    config: &Config,
+    config: &P2pConfig,
     registry: &mut Registry,
     metrics: &P2pMetrics,
 ) -> Result<(Swarm<Behaviour>, libp2p::metrics::Metrics), P2pError> {
-    let behaviour = Behaviour::new(&key, config, registry, metrics.malformed_counter("content"))?;
+    let behaviour = Behaviour::new(
+        &key,
+        config,
+        registry,
+        metrics.malformed_counter("content"),
+        metrics.connections_refused_counter("pending_per_ip"),
+    )?;
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry);
     let mut swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -153,7 +238,7 @@ pub fn build_swarm(
             c.with_idle_connection_timeout(config.idle_connection_timeout())
                 .with_max_negotiating_inbound_streams(32)
         })
-        .with_connection_timeout(Duration::from_secs(10))
+        .with_connection_timeout(config.handshake_timeout())
         .build();
     for addr in &config.listen {
         swarm

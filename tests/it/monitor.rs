@@ -1,11 +1,9 @@
 //! Peer monitor on real nodes: a stopped peer goes suspect, then dead, then is dropped, within
 //! the configured thresholds, and the metrics show each step.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_peer_goes_suspect_then_dead_then_is_dropped() {
@@ -31,7 +29,7 @@ async fn a_stopped_peer_goes_suspect_then_dead_then_is_dropped() {
             let peers = watcher.p2p().peers().await.ok()?;
             (peers.len() == 2
                 && peers.iter().all(|p| {
-                    p.rtt_ewma_ms.is_some() && p.state == zerostate::monitor::PeerState::Alive
+                    p.rtt_ewma_ms.is_some() && p.state == zerostate::p2p::PeerState::Alive
                 }))
             .then_some(())
         },

@@ -25,7 +25,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
-use crate::config::MonitorConfig;
+use super::config::MonitorConfig;
 
 /// Weight of the newest RTT sample in the moving average.
 const EWMA_ALPHA: f64 = 0.2;
@@ -149,6 +149,10 @@ pub struct PeerInfo {
     pub rtt_ewma_ms: Option<f64>,
     /// Ping failures since the last success.
     pub consecutive_failures: u32,
+    /// The peer's gossipsub score as this node computes it (below -80: graylisted).
+    pub gossip_score: Option<f64>,
+    /// Addresses of the peer in this node's Kademlia routing table (absent: not in it).
+    pub dht_addresses: Option<usize>,
 }
 
 /// The table of monitored peers.
@@ -360,6 +364,8 @@ impl PeerMonitor {
                 rtt_last_ms: r.rtt_last.map(|d| d.as_secs_f64() * 1000.0),
                 rtt_ewma_ms: r.rtt_ewma.map(|s| s * 1000.0),
                 consecutive_failures: r.consecutive_failures,
+                gossip_score: None,
+                dht_addresses: None,
             })
             .collect();
         list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));

@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests: real nodes on 127.0.0.1 with port 0.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::Path;

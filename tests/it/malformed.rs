@@ -2,12 +2,10 @@
 //! the node: a raw libp2p client sends garbage content requests, and a peer answers with more
 //! bytes than our limit allows.
 
-mod common;
-
 use std::io;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::{StreamProtocol, SwarmBuilder, noise, swarm::SwarmEvent, tcp, yamux};
@@ -157,7 +155,12 @@ async fn a_response_over_our_size_limit_is_refused_and_counted() {
     .await;
 
     let url = format!("http://{}/api/v1/content/{id}", small.http_addr());
-    let resp = reqwest::get(&url).await.unwrap();
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(small.api_token())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     let text = scrape(&small).await;
     assert_eq!(

@@ -1,10 +1,13 @@
 //! An in-memory, content-addressed LRU cache.
 //!
-//! Every entry is verified against its [`ContentId`] on insert, and, depending on
-//! [`VerifyOnRead`], again on read. The cache holds at most [`CacheConfig::max_entries`]
-//! entries and [`CacheConfig::max_bytes`] bytes of content, evicting least-recently-used
-//! entries to stay within both. It is synchronous and does no I/O; callers that share it
-//! wrap it in a lock.
+//! Every entry is verified against its [`ContentId`] before it is inserted: the cache only
+//! takes [`Verified`] content, which only a [`Verifier`] makes. Depending on
+//! [`VerifyOnRead`], a lookup may ask the caller to verify again ([`Lookup::Recheck`]). The
+//! hashing is the caller's, so it can run off any task that must stay responsive (the
+//! content service hashes large objects on the blocking pool). The cache holds at most
+//! [`CacheConfig::max_entries`] entries and [`CacheConfig::max_bytes`] bytes of content,
+//! evicting least-recently-used entries to stay within both. It is synchronous and does no
+//! I/O.
 //!
 //! Metrics (registered by [`CacheMetrics::register`] into the `zerostate` registry):
 //! `zerostate_cache_{entries, memory_bytes, hit_ratio}` gauges,
@@ -194,13 +197,12 @@ impl CacheMetrics {
         metrics
     }
 
-    /// Hashes `data` against `id`, observing the time it took.
-    fn verify(&self, id: &ContentId, data: &[u8]) -> Result<(), Mismatch> {
-        let start = Instant::now();
-        let result = id.verify(data);
-        self.verification_latency
-            .observe(start.elapsed().as_secs_f64());
-        result
+    /// The verifier that records into these metrics.
+    fn verifier(&self) -> Verifier {
+        Verifier {
+            latency: self.verification_latency.clone(),
+            failures: self.verification_failures.clone(),
+        }
     }
 
     /// Counts a lookup and refreshes the hit ratio.
@@ -214,6 +216,73 @@ impl CacheMetrics {
         let total = hits + self.misses.get() as f64;
         self.hit_ratio.set(hits / total);
     }
+}
+
+/// Hashes content against its id, observing the time it took and counting mismatches.
+/// Cheap to clone and `Send`: run it wherever hashing does not hold anything up.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    latency: Histogram,
+    failures: Counter,
+}
+
+impl Verifier {
+    /// Verifies `data` against `id`.
+    pub fn verify(&self, id: ContentId, data: Bytes) -> Result<Verified, CacheError> {
+        self.check(&id, &data)?;
+        Ok(Verified { id, data })
+    }
+
+    /// Names `data` by its hash: content made here, whose id is whatever it hashes to.
+    pub fn identify(&self, data: Bytes) -> Verified {
+        let start = Instant::now();
+        let id = ContentId::of(&data);
+        self.latency.observe(start.elapsed().as_secs_f64());
+        Verified { id, data }
+    }
+
+    /// Whether `data` still matches `id` (a re-verification on read).
+    pub fn check(&self, id: &ContentId, data: &[u8]) -> Result<(), CacheError> {
+        let start = Instant::now();
+        let result = id.verify(data);
+        self.latency.observe(start.elapsed().as_secs_f64());
+        result.map_err(|m| {
+            self.failures.inc();
+            m.into()
+        })
+    }
+}
+
+/// Content whose bytes were checked against its id. Only [`Verifier::verify`] makes one.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    id: ContentId,
+    data: Bytes,
+}
+
+impl Verified {
+    /// The id.
+    pub fn id(&self) -> ContentId {
+        self.id
+    }
+
+    /// The bytes.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+}
+
+/// The result of [`ContentCache::lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Not in the cache (counted as a miss).
+    Miss,
+    /// The content (counted as a hit).
+    Hit(Bytes),
+    /// The content, which the [`VerifyOnRead`] policy says to verify again before use.
+    /// Nothing is counted yet: report the result with [`ContentCache::recheck_passed`] or
+    /// [`ContentCache::recheck_failed`].
+    Recheck(Bytes),
 }
 
 /// One cached piece of content.
@@ -245,28 +314,29 @@ impl ContentCache {
         }
     }
 
-    /// Verifies `data` against `id`, then stores it (evicting least-recently-used entries
-    /// until both caps hold). Re-inserting an existing id refreshes it (and takes the new
-    /// `origin`).
+    /// The verifier whose results this cache's metrics show.
+    pub fn verifier(&self) -> Verifier {
+        self.metrics.verifier()
+    }
+
+    /// Stores verified content, evicting least-recently-used entries until both caps hold,
+    /// and returns the evicted ids. Re-inserting an existing id refreshes it (and takes the
+    /// new `origin`).
     ///
-    /// Content larger than `max_bytes` is rejected with [`CacheError::TooLarge`] before it
-    /// is hashed. A rejected insert leaves the cache unchanged.
-    pub fn insert(
+    /// Content larger than `max_bytes` is rejected with [`CacheError::TooLarge`]. A rejected
+    /// insert leaves the cache unchanged.
+    pub fn insert_verified(
         &mut self,
-        id: ContentId,
-        data: Bytes,
+        content: Verified,
         origin: Origin,
     ) -> Result<Vec<ContentId>, CacheError> {
+        let Verified { id, data } = content;
         let size = data.len() as u64;
         if size > self.config.max_bytes {
             return Err(CacheError::TooLarge {
                 size,
                 max: self.config.max_bytes,
             });
-        }
-        if let Err(mismatch) = self.metrics.verify(&id, &data) {
-            self.metrics.verification_failures.inc();
-            return Err(mismatch.into());
         }
         let mut evicted_ids = Vec::new();
         if self.config.max_entries == 0 {
@@ -293,29 +363,38 @@ impl ContentCache {
         Ok(evicted_ids)
     }
 
-    /// Returns the content and marks it recently used; counts a hit or a miss.
-    ///
-    /// If the [`VerifyOnRead`] policy says to re-verify and the bytes no longer match, the
-    /// entry is removed, a verification failure is counted, and `None` is returned (counted
-    /// as a miss).
-    pub fn get(&mut self, id: &ContentId) -> Option<Bytes> {
+    /// Looks `id` up and marks it recently used. A hit or a miss is counted, except for
+    /// [`Lookup::Recheck`], whose outcome the caller reports once it has verified the bytes
+    /// (off this call, so hashing never happens here).
+    pub fn lookup(&mut self, id: &ContentId) -> Lookup {
         let Some(entry) = self.entries.get(id) else {
             self.metrics.record_lookup(false);
-            return None;
+            return Lookup::Miss;
         };
         let data = entry.data.clone();
-        if self.config.verify_on_read.applies_to(entry.origin)
-            && self.metrics.verify(id, &data).is_err()
-        {
-            self.entries.pop(id);
-            self.total_bytes -= data.len() as u64;
-            self.metrics.verification_failures.inc();
-            self.metrics.record_lookup(false);
-            self.update_gauges();
-            return None;
+        if self.config.verify_on_read.applies_to(entry.origin) {
+            Lookup::Recheck(data)
+        } else {
+            self.metrics.record_lookup(true);
+            Lookup::Hit(data)
         }
+    }
+
+    /// A [`Lookup::Recheck`] verified: counts the hit.
+    pub fn recheck_passed(&mut self) {
         self.metrics.record_lookup(true);
-        Some(data)
+    }
+
+    /// A [`Lookup::Recheck`] of `id` failed verification (the [`Verifier`] counted the
+    /// failure): the entry is removed if it still holds those bytes, and a miss is counted.
+    pub fn recheck_failed(&mut self, id: &ContentId, data: &Bytes) {
+        if self.entries.peek(id).is_some_and(|e| e.data == *data)
+            && let Some(entry) = self.entries.pop(id)
+        {
+            self.total_bytes -= entry.data.len() as u64;
+            self.update_gauges();
+        }
+        self.metrics.record_lookup(false);
     }
 
     /// Whether the cache holds `id` (no LRU update, no hit/miss counting).
@@ -343,10 +422,10 @@ impl ContentCache {
         &self.config
     }
 
-    /// Test-only: flips a byte of a stored entry, to simulate memory corruption. Returns
-    /// false if absent or empty.
-    #[doc(hidden)]
-    pub fn corrupt_for_tests(&mut self, id: &ContentId) -> bool {
+    /// Flips a byte of a stored entry, to simulate memory corruption. Returns false if
+    /// absent or empty.
+    #[cfg(test)]
+    fn corrupt_for_tests(&mut self, id: &ContentId) -> bool {
         let Some(entry) = self.entries.peek_mut(id) else {
             return false;
         };
@@ -395,6 +474,46 @@ mod tests {
 
     fn cache(config: CacheConfig) -> ContentCache {
         cache_with_registry(config).0
+    }
+
+    /// The two-step flows of the content service, in one call each, as the tests use them.
+    trait Ops {
+        fn insert(
+            &mut self,
+            id: ContentId,
+            data: Bytes,
+            origin: Origin,
+        ) -> Result<Vec<ContentId>, CacheError>;
+        fn get(&mut self, id: &ContentId) -> Option<Bytes>;
+    }
+
+    impl Ops for ContentCache {
+        fn insert(
+            &mut self,
+            id: ContentId,
+            data: Bytes,
+            origin: Origin,
+        ) -> Result<Vec<ContentId>, CacheError> {
+            let verified = self.verifier().verify(id, data)?;
+            self.insert_verified(verified, origin)
+        }
+
+        fn get(&mut self, id: &ContentId) -> Option<Bytes> {
+            match self.lookup(id) {
+                Lookup::Miss => None,
+                Lookup::Hit(data) => Some(data),
+                Lookup::Recheck(data) => match self.verifier().check(id, &data) {
+                    Ok(()) => {
+                        self.recheck_passed();
+                        Some(data)
+                    }
+                    Err(_) => {
+                        self.recheck_failed(id, &data);
+                        None
+                    }
+                },
+            }
+        }
     }
 
     fn content(data: &[u8]) -> (ContentId, Bytes) {
@@ -819,12 +938,13 @@ mod tests {
         }
 
         fn insert(&mut self, id: ContentId, data: &[u8], origin: Origin) -> InsertOutcome {
-            if data.len() as u64 > self.max_bytes {
-                return InsertOutcome::TooLarge;
-            }
+            // Content is verified before the cache sees it; the size is the cache's check.
             if ContentId::of(data) != id {
                 self.failures += 1;
                 return InsertOutcome::Mismatch;
+            }
+            if data.len() as u64 > self.max_bytes {
+                return InsertOutcome::TooLarge;
             }
             self.take(&id);
             let mut evicted = Vec::new();

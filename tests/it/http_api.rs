@@ -1,10 +1,8 @@
 //! HTTP behaviour of a real node: readiness, auth, body limit, header-read timeout, metrics.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

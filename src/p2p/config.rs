@@ -1,0 +1,147 @@
+//! The swarm's configuration: the `[limits]`, `[discovery]` and `[monitor]` sections of the
+//! node config, and [`P2pConfig`], everything the swarm needs (built by `node.rs` from the
+//! aggregate config, so `p2p` never sees the whole `Config`).
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+/// Connection limits (see `libp2p::connection_limits`). Bootstrap peers bypass them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Incoming connections still in the handshake.
+    pub max_pending_incoming: u32,
+    /// Incoming connections still in the handshake from one IP address. Below
+    /// `max_pending_incoming`, so one address cannot take every slot.
+    pub max_pending_incoming_per_ip: u32,
+    /// Outgoing connections still in the handshake.
+    pub max_pending_outgoing: u32,
+    /// Established incoming connections.
+    pub max_established_incoming: u32,
+    /// Established outgoing connections.
+    pub max_established_outgoing: u32,
+    /// Established connections in total.
+    pub max_established_total: u32,
+    /// Established connections to one peer (TCP and QUIC may both be up).
+    pub max_established_per_peer: u32,
+    /// Seconds a connection with no active protocol stays open.
+    pub idle_connection_timeout_secs: u64,
+    /// A connection must finish its transport handshake (noise, yamux) within this many
+    /// milliseconds, in either direction.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_pending_incoming: 32,
+            max_pending_incoming_per_ip: 8,
+            max_pending_outgoing: 32,
+            max_established_incoming: 150,
+            max_established_outgoing: 50,
+            max_established_total: 200,
+            max_established_per_peer: 2,
+            idle_connection_timeout_secs: 30,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Discovery settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// First delay before redialing a bootstrap peer that failed or went away, in milliseconds.
+    pub bootstrap_backoff_initial_ms: u64,
+    /// Upper bound of the exponential redial backoff, in milliseconds.
+    pub bootstrap_backoff_max_ms: u64,
+    /// Interval of Kademlia random walks that find more peers, in seconds.
+    pub random_walk_interval_secs: u64,
+    /// Kademlia query timeout, in seconds.
+    pub kad_query_timeout_secs: u64,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_backoff_initial_ms: 500,
+            bootstrap_backoff_max_ms: 60_000,
+            random_walk_interval_secs: 30,
+            kad_query_timeout_secs: 30,
+        }
+    }
+}
+
+/// Peer liveness settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Interval between pings to each connected peer, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// A ping without answer after this many milliseconds counts as a failure.
+    pub ping_timeout_ms: u64,
+    /// A peer unseen for this long is `suspect`, in milliseconds.
+    pub suspect_after_ms: u64,
+    /// A peer unseen for this long is `dead` (and disconnected), in milliseconds.
+    pub dead_after_ms: u64,
+    /// A disconnected peer is forgotten this long after it was last seen, in milliseconds.
+    pub expire_after_ms: u64,
+    /// Consecutive ping failures that make a peer `suspect`.
+    pub suspect_after_failures: u32,
+    /// Consecutive ping failures that make a peer `dead`.
+    pub dead_after_failures: u32,
+    /// Most peers the monitor keeps (the least recently seen disconnected one goes first).
+    pub max_peers: usize,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 15_000,
+            ping_timeout_ms: 20_000,
+            suspect_after_ms: 45_000,
+            dead_after_ms: 90_000,
+            expire_after_ms: 300_000,
+            suspect_after_failures: 1,
+            dead_after_failures: 3,
+            max_peers: 1024,
+        }
+    }
+}
+
+/// Everything the swarm needs, and nothing else.
+#[derive(Debug, Clone)]
+pub struct P2pConfig {
+    /// Listen multiaddrs.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers with their addresses (ending in `/p2p/<id>`).
+    pub bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// Accept private, loopback and link-local addresses from peers.
+    pub allow_private_addrs: bool,
+    /// Connection limits.
+    pub limits: LimitsConfig,
+    /// Discovery.
+    pub discovery: DiscoveryConfig,
+    /// Peer liveness.
+    pub monitor: MonitorConfig,
+    /// Largest content object the content protocol carries, in bytes.
+    pub max_content_bytes: u64,
+    /// Most content bytes buffered across all responses being received at once.
+    pub max_buffered_content_bytes: u64,
+    /// How many content keys this node may announce as a provider (its cache's entries).
+    pub max_provided_keys: usize,
+}
+
+impl P2pConfig {
+    /// Idle connection timeout.
+    pub fn idle_connection_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.idle_connection_timeout_secs)
+    }
+
+    /// Transport handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.handshake_timeout_ms)
+    }
+}
