@@ -19,7 +19,7 @@ use zerostate::content::VerifyOnRead;
 use zerostate::{Config, NodeHandle};
 
 const OBJECT: usize = 4 * 1024 * 1024;
-const SAMPLES: usize = 300;
+const SAMPLES: usize = 200;
 
 fn config(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> Config {
     let mut c = Config {
@@ -54,11 +54,13 @@ fn addr(node: &NodeHandle) -> Multiaddr {
 async fn pings(swarm: &mut libp2p::Swarm<ping::Behaviour>, n: usize) -> Vec<f64> {
     let mut rtts = Vec::with_capacity(n);
     while rtts.len() < n {
-        if let SwarmEvent::Behaviour(ping::Event {
-            result: Ok(rtt), ..
-        }) = swarm.select_next_some().await
-        {
-            rtts.push(rtt.as_secs_f64() * 1000.0);
+        match swarm.select_next_some().await {
+            SwarmEvent::Behaviour(ping::Event {
+                result: Ok(rtt), ..
+            }) => {
+                rtts.push(rtt.as_secs_f64() * 1000.0);
+            }
+            _ => {}
         }
     }
     rtts
@@ -94,6 +96,7 @@ fn main() {
             let data: Vec<u8> = (0..OBJECT).map(|j| (j as u8) ^ i.wrapping_mul(31)).collect();
             ids.push(a.content().put(Bytes::from(data)).await.unwrap());
         }
+        eprintln!("objects stored");
         let mut loaders = Vec::new();
         for dir in &dirs[1..] {
             let mut c = config(dir.path(), vec![addr(&a)]);
@@ -106,6 +109,7 @@ fn main() {
             }
         }
 
+        eprintln!("loaders connected");
         let mut pinger = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
@@ -118,8 +122,10 @@ fn main() {
             .build();
         pinger.dial(addr(&a)).unwrap();
         pings(&mut pinger, 20).await; // warm-up
+        eprintln!("pinging");
         let idle = pings(&mut pinger, SAMPLES).await;
 
+        eprintln!("idle phase done");
         let stop = tokio_util::sync::CancellationToken::new();
         let mut tasks = Vec::new();
         for (i, l) in loaders.iter().enumerate() {
@@ -147,6 +153,7 @@ fn main() {
         for t in tasks {
             objects += t.await.unwrap();
         }
+        eprintln!("loaded phase took {elapsed:?}");
         let idle_p99 = report("idle", idle);
         let loaded_p99 = report("loaded", loaded);
         println!(

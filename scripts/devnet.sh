@@ -195,7 +195,7 @@ lock_devnet() {
         if [[ -n "$h_cmd" ]] && launched_alive "$h_pid" "$h_start"; then
             holder=", held by pid $h_pid ($h_cmd)"
         fi
-        die "another devnet.sh command is running on $DEVNET_DIR (lock $lock$holder); wait for it or remove a stale lock"
+        die "another devnet.sh command is running on $DEVNET_DIR (lock $lock$holder); wait for it to finish (the lock is released when it exits)"
     fi
     # "PID STARTTIME COMMAND" of the holder, for the message above (the lock is
     # on the open file, not on its content).

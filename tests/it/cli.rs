@@ -189,3 +189,58 @@ fn sigterm_shuts_the_node_down_with_exit_code_0() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("node stopped"), "{stderr}");
 }
+
+#[test]
+fn devnet_commands_refuse_to_run_while_another_holds_the_devnet() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("node-1");
+    std::fs::create_dir_all(&marker).unwrap();
+    std::fs::write(marker.join("keep"), b"a running devnet's node folder").unwrap();
+    // Another devnet.sh command holds the lock (played by flock(1) holding it for a while).
+    let lock = dir.path().join("devnet.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1) is installed (util-linux)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["-n"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/devnet.sh");
+    for command in [vec!["up", "1"], vec!["down"]] {
+        let out = Command::new("bash")
+            .arg(script)
+            .args(&command)
+            .env("DEVNET_DIR", dir.path())
+            .env("ZEROSTATE_BIN", env!("CARGO_BIN_EXE_zerostate"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{command:?} ran beside another command"
+        );
+        assert!(
+            stderr.contains("another devnet.sh command is running"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        marker.join("keep").exists(),
+        "the other command's files are untouched"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
