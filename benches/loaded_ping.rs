@@ -54,13 +54,11 @@ fn addr(node: &NodeHandle) -> Multiaddr {
 async fn pings(swarm: &mut libp2p::Swarm<ping::Behaviour>, n: usize) -> Vec<f64> {
     let mut rtts = Vec::with_capacity(n);
     while rtts.len() < n {
-        match swarm.select_next_some().await {
-            SwarmEvent::Behaviour(ping::Event {
-                result: Ok(rtt), ..
-            }) => {
-                rtts.push(rtt.as_secs_f64() * 1000.0);
-            }
-            _ => {}
+        if let SwarmEvent::Behaviour(ping::Event {
+            result: Ok(rtt), ..
+        }) = swarm.select_next_some().await
+        {
+            rtts.push(rtt.as_secs_f64() * 1000.0);
         }
     }
     rtts

@@ -87,6 +87,7 @@ impl Fetcher {
         let mut inflight = FuturesUnordered::new();
         let mut bad = 0;
         let mut next_hedge = Instant::now();
+        let mut pending: Vec<(PeerId, Instant)> = Vec::new();
         loop {
             // Ask the next candidate when nothing is in flight, or when the hedge is due.
             if inflight.len() < max_parallel
@@ -94,6 +95,7 @@ impl Fetcher {
                 && let Some(peer) = queue.next()
             {
                 let p2p = self.p2p.clone();
+                pending.push((peer, Instant::now()));
                 inflight.push(async move {
                     let started = Instant::now();
                     let request = p2p.request::<Content>(peer, ContentRequest(id));
@@ -114,8 +116,19 @@ impl Fetcher {
                 _ = tokio::time::sleep_until(next_hedge), if more => continue,
             };
             let (peer, took, result) = answer;
+            pending.retain(|(p, _)| *p != peer);
             match self.judge(id, peer, took, result).await {
-                Judged::Content(verified) => return Ok(verified),
+                Judged::Content(verified) => {
+                    // Peers still silent after the hedge delay, while another answered, are
+                    // abandoned: that counts against them as a timeout.
+                    for (slow, since) in pending {
+                        if since.elapsed() >= hedge_after {
+                            self.metrics.provider_failure("timeout");
+                            self.record(slow, Outcome::Timeout);
+                        }
+                    }
+                    return Ok(verified);
+                }
                 Judged::Lied => bad += 1,
                 Judged::Nothing => {}
             }
