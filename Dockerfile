@@ -63,6 +63,9 @@ COPY --from=builder /out/zerostate /usr/local/bin/zerostate
 # it on an internal network with Prometheus. Reads (/health, /ready, /metrics)
 # are open; the state-changing endpoints require the token the node writes into
 # its data dir (/var/lib/zerostate), which only the zerostate user can read.
+# The Host header must be localhost, an IP address, or a name listed in
+# ZEROSTATE_API_ALLOWED_HOSTS (comma-separated): a Prometheus that scrapes the
+# container by its name (e.g. node1:9464) needs that name listed there.
 # Outside a container the default stays 127.0.0.1:9464.
 # NO_COLOR keeps ANSI colour codes out of `docker logs`.
 ENV ZEROSTATE_DATA_DIR=/var/lib/zerostate \

@@ -276,7 +276,7 @@ impl Config {
         let a = &self.api;
         let m = &self.monitor;
         let c = &self.content;
-        let ranges: [(&str, u64, u64, u64); 35] = [
+        let ranges: &[(&str, u64, u64, u64)] = &[
             (
                 "limits.max_pending_incoming",
                 l.max_pending_incoming.into(),
@@ -418,7 +418,7 @@ impl Config {
                 64 * GIB,
             ),
         ];
-        for (key, value, least, most) in ranges {
+        for &(key, value, least, most) in ranges {
             if value < least || value > most {
                 return Err(invalid(
                     key,

@@ -20,7 +20,6 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use libp2p::{Multiaddr, PeerId};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -35,7 +34,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::content::{ContentError, ContentService};
 use crate::content_id::ContentId;
 use crate::health::Health;
-use crate::metrics;
+use crate::metrics::{self, ReasonLabels};
 use crate::p2p::{HandleError, P2pHandle};
 
 /// HTTP server settings (the `[api]` config section).
@@ -68,11 +67,6 @@ impl Default for ApiConfig {
             allowed_hosts: Vec::new(),
         }
     }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
 }
 
 /// The HTTP server's metrics.
@@ -144,7 +138,7 @@ impl ApiState {
 
     /// Host names accepted in `Host` besides `localhost` and IP literals (`"*"`: any).
     pub fn with_allowed_hosts(mut self, hosts: &[String]) -> Self {
-        self.allowed_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        self.allowed_hosts = hosts.into();
         self
     }
 

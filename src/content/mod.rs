@@ -13,13 +13,12 @@ pub mod fetch;
 pub mod ranking;
 pub mod service;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 
 use crate::content_id::ContentId;
-use crate::metrics::OutcomeLabels;
+use crate::metrics::{OutcomeLabels, ReasonLabels};
 
 pub use cache::{CacheConfig, CacheMetrics, ContentCache, VerifyOnRead};
 pub use service::ContentService;
@@ -57,11 +56,6 @@ impl Default for ContentConfig {
             max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
 }
 
 /// Content exchange metrics (no peer labels).

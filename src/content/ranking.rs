@@ -102,7 +102,8 @@ impl ProviderRanking {
     }
 
     /// How often `peer` timed out or failed.
-    pub fn failures(&self, peer: &PeerId) -> u32 {
+    #[cfg(test)]
+    fn failures(&self, peer: &PeerId) -> u32 {
         self.peers.peek(peer).map_or(0, |r| r.failures)
     }
 

@@ -52,7 +52,11 @@ enum Command {
 
 /// Who waits for a re-verified read.
 enum Reader {
-    Api(Waiter),
+    Api {
+        reply: Waiter,
+        /// Whether the caller may fetch from the network.
+        network: bool,
+    },
     Peer(oneshot::Sender<ContentResponse>),
 }
 
@@ -213,7 +217,9 @@ impl ContentActor {
                 Lookup::Hit(data) => {
                     let _ = reply.send(Ok(data));
                 }
-                Lookup::Recheck(data) => self.recheck(id, data, Reader::Api(reply)),
+                Lookup::Recheck(data) => {
+                    self.recheck(id, data, Reader::Api { reply, network });
+                }
                 Lookup::Miss if !network => {
                     let _ = reply.send(Err(ContentError::NotCached { id }));
                 }
@@ -311,15 +317,30 @@ impl ContentActor {
                     self.cache.recheck_failed(&id, &data);
                 }
                 match (reader, ok) {
-                    (Reader::Api(reply), true) => {
+                    (Reader::Api { reply, .. }, true) => {
                         let _ = reply.send(Ok(data));
                     }
                     (Reader::Peer(reply), true) => self.send_to_peer(reply, data),
                     (Reader::Peer(reply), false) => {
                         let _ = reply.send(ContentResponse::NotFound);
                     }
-                    // Our own copy went bad: fetch a good one.
-                    (Reader::Api(reply), false) => self.start_fetch(id, reply),
+                    // Our own copy went bad: fetch a good one, if the caller may.
+                    (
+                        Reader::Api {
+                            reply,
+                            network: true,
+                        },
+                        false,
+                    ) => self.start_fetch(id, reply),
+                    (
+                        Reader::Api {
+                            reply,
+                            network: false,
+                        },
+                        false,
+                    ) => {
+                        let _ = reply.send(Err(ContentError::NotCached { id }));
+                    }
                 }
             }
             Job::Fetched { id, result } => {

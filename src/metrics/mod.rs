@@ -36,6 +36,13 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Label set `{reason="..."}`, shared by the families that count refusals and failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A fixed, code-defined reason name.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,

@@ -68,11 +68,6 @@ impl Bootstrap {
         self.peers.iter_mut().find(|p| p.id == *id)
     }
 
-    /// Whether `id` is a bootstrap peer.
-    pub fn contains(&self, id: &PeerId) -> bool {
-        self.peers.iter().any(|p| p.id == *id)
-    }
-
     /// Whether a dial of `id` is under way.
     pub fn is_dialing(&self, id: &PeerId) -> bool {
         self.peers.iter().any(|p| p.id == *id && p.dialing)
@@ -216,7 +211,6 @@ mod tests {
     fn unknown_peers_are_ignored() {
         let (mut b, _, t0) = one(MS, MS);
         let other = PeerId::random();
-        assert!(!b.contains(&other));
         assert_eq!(b.dial_failed(&other, t0), None);
         assert!(!b.connected(&other, t0));
         assert_eq!(b.disconnected(&other, t0), None);

@@ -107,8 +107,9 @@ impl ContentCodec {
         }
     }
 
-    /// Bytes of budget left (for tests and diagnostics).
-    pub fn budget_available(&self) -> u64 {
+    /// Bytes of budget left.
+    #[cfg(test)]
+    fn budget_available(&self) -> u64 {
         self.budget.available_permits() as u64 * BUDGET_UNIT
     }
 }

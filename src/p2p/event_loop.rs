@@ -202,15 +202,11 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Peers(reply) => {
-                let mut peers = self.monitor.snapshot(Instant::now());
                 let table = self.routing_table_sizes();
                 let gossip = &self.swarm.behaviour().gossipsub;
-                for info in &mut peers {
-                    if let Ok(peer) = info.peer_id.parse::<PeerId>() {
-                        info.gossip_score = gossip.peer_score(&peer);
-                        info.dht_addresses = table.get(&peer).copied();
-                    }
-                }
+                let peers = self.monitor.snapshot_with(Instant::now(), |peer| {
+                    (gossip.peer_score(peer), table.get(peer).copied())
+                });
                 let _ = reply.send(peers);
             }
             Command::ConnectedPeers(reply) => {

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
 
-use crate::metrics::OutcomeLabels;
+use crate::metrics::{OutcomeLabels, ReasonLabels};
 
 pub use behaviour::{
     Behaviour, KAD_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES, PROTOCOL_VERSION, TOPICS, agent_version,
@@ -69,11 +69,6 @@ struct ProtocolLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
     protocol: &'static str,
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
     reason: &'static str,
 }
 

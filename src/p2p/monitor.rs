@@ -347,25 +347,38 @@ impl PeerMonitor {
 
     /// Every record, sorted by peer id, as the API shows it.
     pub fn snapshot(&self, now: Instant) -> Vec<PeerInfo> {
+        self.snapshot_with(now, |_| (None, None))
+    }
+
+    /// [`PeerMonitor::snapshot`], with what the swarm knows of each peer besides liveness:
+    /// `extra` gives its gossipsub score and its number of routing-table addresses.
+    pub fn snapshot_with(
+        &self,
+        now: Instant,
+        extra: impl Fn(&PeerId) -> (Option<f64>, Option<usize>),
+    ) -> Vec<PeerInfo> {
         let mut list: Vec<PeerInfo> = self
             .peers
             .iter()
-            .map(|(id, r)| PeerInfo {
-                peer_id: id.to_string(),
-                state: r.state,
-                connected: r.connected_since.is_some(),
-                connected_secs: r
-                    .connected_since
-                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
-                last_seen_secs_ago: now.saturating_duration_since(r.last_seen).as_secs_f64(),
-                addresses: r.connections.iter().map(ToString::to_string).collect(),
-                protocols: r.protocols.clone(),
-                agent_version: r.agent_version.clone(),
-                rtt_last_ms: r.rtt_last.map(|d| d.as_secs_f64() * 1000.0),
-                rtt_ewma_ms: r.rtt_ewma.map(|s| s * 1000.0),
-                consecutive_failures: r.consecutive_failures,
-                gossip_score: None,
-                dht_addresses: None,
+            .map(|(id, r)| {
+                let (gossip_score, dht_addresses) = extra(id);
+                PeerInfo {
+                    peer_id: id.to_string(),
+                    state: r.state,
+                    connected: r.connected_since.is_some(),
+                    connected_secs: r
+                        .connected_since
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                    last_seen_secs_ago: now.saturating_duration_since(r.last_seen).as_secs_f64(),
+                    addresses: r.connections.iter().map(ToString::to_string).collect(),
+                    protocols: r.protocols.clone(),
+                    agent_version: r.agent_version.clone(),
+                    rtt_last_ms: r.rtt_last.map(|d| d.as_secs_f64() * 1000.0),
+                    rtt_ewma_ms: r.rtt_ewma.map(|s| s * 1000.0),
+                    consecutive_failures: r.consecutive_failures,
+                    gossip_score,
+                    dht_addresses,
+                }
             })
             .collect();
         list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));

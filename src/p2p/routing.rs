@@ -86,8 +86,8 @@ pub enum RequestError {
     #[error("the peer did not answer in time")]
     Timeout,
     /// The peer could not be dialed.
-    #[error("cannot dial the peer: {0}")]
-    Dial(String),
+    #[error("cannot dial the peer")]
+    Dial,
     /// The peer does not speak the protocol.
     #[error("the peer does not support the protocol")]
     Unsupported,
@@ -113,7 +113,7 @@ impl RequestError {
                 Self::Malformed(e.to_string())
             }
             OutboundFailure::Timeout => Self::Timeout,
-            OutboundFailure::DialFailure => Self::Dial("dial failed".into()),
+            OutboundFailure::DialFailure => Self::Dial,
             OutboundFailure::UnsupportedProtocols => Self::Unsupported,
             other => Self::Failed(other.to_string()),
         }

@@ -1,10 +1,13 @@
 //! Helpers shared by the integration tests: real nodes on 127.0.0.1 with port 0.
 
 use std::future::Future;
+use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::request_response;
+use libp2p::{Multiaddr, StreamProtocol};
 use zerostate::{Config, NodeHandle};
 
 /// A config for a test node: loopback, free ports, fast discovery and pings.
@@ -119,4 +122,52 @@ pub async fn start_network(
 /// Scrapes `/metrics` of a node.
 pub async fn scrape(node: &NodeHandle) -> String {
     get(node, "/metrics").await.1
+}
+
+/// A request-response codec for hostile peers: sends whatever bytes it is given, and reads
+/// up to 1 KiB back.
+#[derive(Clone, Default)]
+pub struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        io.take(1024).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        self.read_request(p, io).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
+        self.write_request(p, io, res).await
+    }
 }

@@ -1,5 +1,6 @@
-//! Content exchange between real nodes: put on one, fetch verified through another, survive a
-//! lying provider, share concurrent fetches, and refuse bad input with clear 4xx errors.
+//! Content exchange between real nodes: put on one, fetch verified through another (with the
+//! token; without it, only the cache answers), share concurrent fetches, and refuse bad input
+//! with clear 4xx errors. Lying and silent providers are in `hostile.rs`.
 
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ fn value(text: &str, series: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_is_fetched_verified_and_survives_a_lying_provider() {
+async fn content_is_fetched_verified_and_only_with_the_token() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = start_network(&dirs, |c| c.content.max_object_bytes = 512 * 1024).await;
     let (a, c) = (&nodes[0], &nodes[2]);

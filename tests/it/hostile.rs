@@ -3,10 +3,9 @@
 //! address shapes, a peer that keeps gossiping invalid messages, and an address that holds
 //! idle sockets open. Each test asserts what a user of the node cares about.
 
-use std::io;
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
@@ -31,53 +30,6 @@ enum Mode {
     Silent,
     /// Does not hold anything.
     Empty,
-}
-
-/// Writes raw bytes as a request and reads nothing back (identify push).
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = ();
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        _: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<()> {
-        let mut sink = Vec::new();
-        io.take(1024).read_to_end(&mut sink).await?;
-        Ok(())
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&req).await?;
-        io.close().await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        _: &mut T,
-        _: (),
-    ) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 const PUSH_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/id/push/1.0.0");
@@ -345,6 +297,14 @@ async fn silent_providers_cannot_stall_a_fetch() {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&got));
         assert_eq!(&got, data);
     }
+    let text = scrape(c).await;
+    eprintln!(
+        "DEBUG {}",
+        text.lines()
+            .filter(|l| l.contains("provider_failures") || l.contains("content_fetches"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     drop(silent);
     for n in nodes {
         n.shutdown().await;

@@ -62,6 +62,10 @@ async fn state_changing_calls_need_the_token() {
         text.contains("api-token"),
         "the error says where the token is: {text}"
     );
+    assert!(
+        !text.contains(&dir.path().display().to_string()),
+        "but does not reveal the data dir's path: {text}"
+    );
 
     let resp = client
         .post(&url)
@@ -149,27 +153,81 @@ async fn half_a_request_is_disconnected_after_the_header_timeout() {
 }
 
 #[tokio::test]
-async fn a_foreign_host_header_is_refused() {
+async fn a_foreign_host_header_is_refused_whatever_the_bind() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(test_config(dir.path(), vec![])).await;
-    let ask = |host: &'static str| {
-        let addr = node.http_addr();
-        async move {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let request =
-                format!("GET /api/v1/peers HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut buf = Vec::new();
-            stream.read_to_end(&mut buf).await.unwrap();
-            String::from_utf8_lossy(&buf).into_owned()
-        }
+    let mut config = test_config(dir.path(), vec![]);
+    // Bound to every interface, as in the container image: the check still applies.
+    config.http = "0.0.0.0:0".parse().unwrap();
+    config.api.allowed_hosts = vec!["node1".into()];
+    let node = start(config).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.http_addr().port()));
+    let ask = |host: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET /api/v1/peers HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
     };
     // A page on evil.example whose name resolves to 127.0.0.1 (DNS rebinding).
     let refused = ask("evil.example:9464").await;
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
     assert!(refused.contains("not allowed"), "{refused}");
-    let allowed = ask("localhost:9464").await;
-    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    for allowed in [
+        "localhost:9464",
+        "node1:9464",
+        "10.0.0.7:9464",
+        "[::1]:9464",
+    ] {
+        let answer = ask(allowed).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{allowed}: {answer}");
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_lock_out_a_scrape() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![]);
+    // Slow clients keep their connections for the whole test.
+    config.api.header_read_timeout_ms = 120_000;
+    let node = start(config).await;
+    let port = node.http_addr().port();
+    // 200 clients from 127.0.0.2 that send half a request and then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        let _ = stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n")
+            .await;
+        slow.push(stream);
+    }
+    // A scrape from another address answers long before the slow clients' header timeout.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let text = client
+        .get(format!("http://{}/metrics", node.http_addr()))
+        .send()
+        .await
+        .expect("the scrape is answered while 200 slow clients hold connections")
+        .text()
+        .await
+        .unwrap();
+    let refused = metric_value(
+        &text,
+        r#"zerostate_http_connections_refused_total{reason="per_ip"}"#,
+    );
+    assert_eq!(
+        refused,
+        Some(168.0),
+        "200 slow clients, 32 allowed from one address"
+    );
+    drop(slow);
     node.shutdown().await;
 }
 

@@ -2,61 +2,13 @@
 //! the node: a raw libp2p client sends garbage content requests, and a peer answers with more
 //! bytes than our limit allows.
 
-use std::io;
 use std::time::Duration;
 
 use crate::common::*;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::{StreamProtocol, SwarmBuilder, noise, swarm::SwarmEvent, tcp, yamux};
+use libp2p::{SwarmBuilder, noise, swarm::SwarmEvent, tcp, yamux};
 use zerostate::p2p::CONTENT_PROTOCOL;
-
-/// Sends whatever bytes it is given as a request.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        io.take(1024).read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        p: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        self.read_request(p, io).await
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&req).await?;
-        io.close().await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        p: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()> {
-        self.write_request(p, io, res).await
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_content_requests_are_refused_and_counted() {
