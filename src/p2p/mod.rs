@@ -11,12 +11,15 @@ pub mod ip_limits;
 pub mod monitor;
 pub mod providers;
 pub mod routing;
+mod transport;
 
+use libp2p::core::{Transport, upgrade};
 use libp2p::{Swarm, SwarmBuilder, identity::Keypair, noise, tcp, yamux};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
+use transport::FreshPortDials;
 
 use crate::metrics::{OutcomeLabels, ReasonLabels};
 
@@ -214,18 +217,23 @@ pub fn build_swarm(
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry);
     let mut swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, || {
-            let mut c = yamux::Config::default();
-            c.set_max_num_streams(256);
-            c
-        })
-        .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_quic_config(|mut c| {
             c.max_concurrent_stream_limit = 128;
             c.max_stream_data = 1024 * 1024;
             c.max_connection_data = 4 * 1024 * 1024;
             c
         })
+        .with_other_transport(|key| {
+            let mut yamux = yamux::Config::default();
+            yamux.set_max_num_streams(256);
+            let tcp = FreshPortDials(tcp::tokio::Transport::new(tcp::Config::default()));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp.upgrade(upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux),
+            )
+        })
+        .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_bandwidth_metrics(registry)
         .with_behaviour(|_| behaviour)
         .expect("infallible: the behaviour is already built")

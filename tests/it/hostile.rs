@@ -127,7 +127,16 @@ impl RawPeer {
                 .subscribe(&IdentTopic::new(*topic))
                 .unwrap();
         }
-        swarm.dial(target).unwrap();
+        // From a fresh port, as the node dials: a dial from the listen port can collide with
+        // an earlier connection's TIME_WAIT between the same two ports.
+        swarm
+            .dial(
+                libp2p::swarm::dial_opts::DialOpts::peer_id(node)
+                    .addresses(vec![target])
+                    .allocate_new_port()
+                    .build(),
+            )
+            .unwrap();
         let id = *swarm.local_peer_id();
         let (cmds, mut rx) = mpsc::channel(64);
         let task = tokio::spawn(async move {
@@ -149,6 +158,15 @@ impl RawPeer {
                         None => return,
                     },
                     event = swarm.select_next_some() => {
+                        match &event {
+                            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                                eprintln!("raw peer {id}: dial failed: {error}");
+                            }
+                            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                                eprintln!("raw peer {id}: connection to {peer_id} closed: {cause:?}");
+                            }
+                            _ => {}
+                        }
                         if let SwarmEvent::Behaviour(HostileEvent::Content(
                             request_response::Event::Message {
                                 message: request_response::Message::Request { request, channel, .. },

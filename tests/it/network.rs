@@ -166,3 +166,30 @@ async fn restarted_node_keeps_its_peer_id_and_private_key_file() {
     }
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unblocked_bootstrap_peer_is_redialed() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_network(&dirs, |_| {}).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // B blocks its bootstrap peer (dropping the connection), then unblocks it: B's redial
+    // with backoff brings the connection back.
+    assert!(b.p2p().block(a.peer_id()).await.unwrap());
+    eventually(Duration::from_secs(20), "B dropped A", || async {
+        (!b.p2p().connected_peers().await.ok()?.contains(&a.peer_id())).then_some(())
+    })
+    .await;
+    assert!(b.p2p().unblock(a.peer_id()).await.unwrap());
+    eventually(Duration::from_secs(30), "B reconnects to A", || async {
+        b.p2p()
+            .connected_peers()
+            .await
+            .ok()?
+            .contains(&a.peer_id())
+            .then_some(())
+    })
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
