@@ -87,6 +87,7 @@ impl Fetcher {
         let mut inflight = FuturesUnordered::new();
         let mut bad = 0;
         let mut next_hedge = Instant::now();
+        // Candidates asked and not answered yet, with when they were asked.
         let mut pending: Vec<(PeerId, Instant)> = Vec::new();
         loop {
             // Ask the next candidate when nothing is in flight, or when the hedge is due.
@@ -97,12 +98,11 @@ impl Fetcher {
                 let p2p = self.p2p.clone();
                 pending.push((peer, Instant::now()));
                 inflight.push(async move {
-                    let started = Instant::now();
                     let request = p2p.request::<Content>(peer, ContentRequest(id));
                     let result = tokio::time::timeout(per_request, request)
                         .await
                         .unwrap_or(Err(RequestError::Timeout));
-                    (peer, started.elapsed(), result)
+                    (peer, result)
                 });
                 next_hedge = Instant::now() + hedge_after;
                 continue;
@@ -115,8 +115,12 @@ impl Fetcher {
                 Some(answer) = inflight.next() => answer,
                 _ = tokio::time::sleep_until(next_hedge), if more => continue,
             };
-            let (peer, took, result) = answer;
-            pending.retain(|(p, _)| *p != peer);
+            let (peer, result) = answer;
+            let took = pending
+                .iter()
+                .position(|(p, _)| *p == peer)
+                .map(|i| pending.swap_remove(i).1.elapsed())
+                .unwrap_or_default();
             match self.judge(id, peer, took, result).await {
                 Judged::Content(verified) => {
                     // Peers still silent after the hedge delay, while another answered, are
