@@ -138,6 +138,23 @@ fn keygen_then_id_print_the_same_peer_id() {
 }
 
 #[test]
+fn keygen_refuses_a_data_dir_a_node_is_using() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another process holds the data dir's lock, as a running node does.
+    let data = dir.path().join("d");
+    std::fs::create_dir_all(&data).unwrap();
+    let _held = zerostate::identity::lock_data_dir(&data).unwrap();
+    let out = zerostate(&["keygen", "--data-dir", "d"], &[], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        !data.join("identity.key").exists(),
+        "no identity was written under the node"
+    );
+}
+
+#[test]
 fn id_without_key_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = zerostate(&["id", "--data-dir", "d"], &[], dir.path());
