@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::content::{CacheConfig, ContentConfig, VerifyOnRead};
 pub use crate::http::ApiConfig;
+pub use crate::market::{MarketConfig, ProviderConfig, ReputationConfig};
+pub use crate::metrics::MetricsConfig;
 pub use crate::p2p::{DiscoveryConfig, LimitsConfig, MonitorConfig, P2pConfig};
 
 /// Prefix of every environment variable that sets a config key.
@@ -53,6 +55,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Content exchange between peers.
     pub content: ContentConfig,
+    /// The metrics endpoint's bounds.
+    pub metrics: MetricsConfig,
+    /// The task market: auctions, providing, reputation.
+    pub market: MarketConfig,
 }
 
 impl Default for Config {
@@ -76,6 +82,8 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             cache: CacheConfig::default(),
             content: ContentConfig::default(),
+            metrics: MetricsConfig::default(),
+            market: MarketConfig::default(),
         }
     }
 }
@@ -462,6 +470,18 @@ impl Config {
                 "must be at least 16 characters (or empty, to generate one)".into(),
             ));
         }
+        if !(1..=100_000).contains(&self.metrics.max_peer_series) {
+            return Err(invalid(
+                "metrics.max_peer_series",
+                format!(
+                    "{} is out of range: use a value from 1 to 100000",
+                    self.metrics.max_peer_series
+                ),
+            ));
+        }
+        self.market
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("not a tracing filter: {e}")));
         }
@@ -540,6 +560,10 @@ fn env_value(default: &toml::Value, raw: &str) -> toml::Value {
         toml::Value::Integer(_) => raw
             .parse::<i64>()
             .map(toml::Value::Integer)
+            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
+        toml::Value::Float(_) => raw
+            .parse::<f64>()
+            .map(toml::Value::Float)
             .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
         toml::Value::Boolean(_) => match raw.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),

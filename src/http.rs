@@ -34,6 +34,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::content::{ContentError, ContentService};
 use crate::content_id::ContentId;
 use crate::health::Health;
+use crate::market::{MarketError, MarketService, TaskRequest};
 use crate::metrics::{self, ReasonLabels};
 use crate::p2p::{HandleError, P2pHandle};
 
@@ -98,12 +99,24 @@ const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
 /// Time an open connection gets to finish its request once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The node's services the API calls.
+#[derive(Clone)]
+pub struct Services {
+    /// The swarm.
+    pub p2p: P2pHandle,
+    /// Content.
+    pub content: ContentService,
+    /// The task market.
+    pub market: MarketService,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     registry: Arc<Registry>,
     p2p: P2pHandle,
     content: ContentService,
+    market: MarketService,
     token: Arc<str>,
     bootstrap_configured: bool,
     token_hint: Arc<str>,
@@ -112,13 +125,12 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// State for a node: its frozen registry, its swarm and content handles, the API
+    /// State for a node: its frozen registry, its swarm, content and market handles, the API
     /// token and its health. `token_hint` tells a refused client where to find the token
     /// (without revealing paths).
     pub fn new(
         registry: Arc<Registry>,
-        p2p: P2pHandle,
-        content: ContentService,
+        services: Services,
         token: String,
         bootstrap_configured: bool,
         token_hint: String,
@@ -126,8 +138,9 @@ impl ApiState {
     ) -> Self {
         Self {
             registry,
-            p2p,
-            content,
+            p2p: services.p2p,
+            content: services.content,
+            market: services.market,
             token: token.into(),
             bootstrap_configured,
             token_hint: token_hint.into(),
@@ -198,8 +211,12 @@ pub fn router(state: ApiState, config: &ApiConfig, max_object_bytes: u64) -> Rou
         .route("/ready", get(ready))
         .route("/api/v1/node", get(node_info))
         .route("/api/v1/peers", get(peers))
+        .route("/api/v1/tasks", get(list_tasks))
+        .route("/api/v1/tasks/{id}", get(show_task))
+        .route("/api/v1/reputation", get(reputation))
         .merge(
             Router::new()
+                .route("/api/v1/tasks", post(submit_task))
                 .route("/api/v1/peers/dial", post(dial))
                 .route("/api/v1/blocklist", post(block))
                 .route("/api/v1/blocklist/{peer_id}", delete(unblock))
@@ -443,6 +460,81 @@ async fn dial(
         .await?
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "dialing": true }))).into_response())
+}
+
+impl From<MarketError> for ApiError {
+    fn from(e: MarketError) -> Self {
+        let status = match e {
+            MarketError::Invalid(_) => StatusCode::BAD_REQUEST,
+            MarketError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            MarketError::Content(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            MarketError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+async fn submit_task(
+    State(state): State<ApiState>,
+    body: Result<Json<TaskRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let id = state.market.submit(request).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id.to_string() }))).into_response())
+}
+
+async fn show_task(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let parsed = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{id}` is not a task id (32 hex digits)"),
+        )
+    })?;
+    match state.market.task(parsed).await? {
+        Some(task) => Ok(Json(task).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no task {id} on this node"),
+        )),
+    }
+}
+
+/// Largest page of `GET /api/v1/tasks`.
+const MAX_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+async fn list_tasks(
+    State(state): State<ApiState>,
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if q.limit == 0 || q.limit > MAX_PAGE {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be 1..={MAX_PAGE}"),
+        ));
+    }
+    Ok(Json(state.market.tasks(q.offset, q.limit).await?).into_response())
+}
+
+async fn reputation(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let peers = state.market.reputation().await?;
+    Ok(Json(json!({ "peers": peers })).into_response())
 }
 
 #[cfg(test)]

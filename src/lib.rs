@@ -10,6 +10,7 @@ pub mod content_id;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod market;
 pub mod metrics;
 pub mod node;
 pub mod p2p;

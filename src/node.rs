@@ -19,6 +19,9 @@ use crate::content::{CacheMetrics, ContentCache, ContentMetrics, ContentService}
 use crate::health::{Health, supervise};
 use crate::http::{self, ApiState, HttpMetrics};
 use crate::identity::{self, IdentityError};
+use crate::market::kinds::{BuiltIn, Executor};
+use crate::market::wire::{AUCTIONS_TOPIC, RESULTS_TOPIC};
+use crate::market::{MarketMetrics, MarketService};
 use crate::metrics;
 use crate::p2p::{
     self, EventLoop, MonitorMetrics, P2pError, P2pHandle, P2pMetrics, PeerMonitor, Routes,
@@ -48,6 +51,7 @@ pub struct NodeHandle {
     api_token: String,
     p2p: P2pHandle,
     content: ContentService,
+    market: MarketService,
     registry: Arc<Registry>,
     health: Health,
     cancel: CancellationToken,
@@ -79,6 +83,11 @@ impl NodeHandle {
     /// The node's content: put, get (local or from the network), has.
     pub fn content(&self) -> &ContentService {
         &self.content
+    }
+
+    /// The node's task market: submit tasks, read them and reputation.
+    pub fn market(&self) -> &MarketService {
+        &self.market
     }
 
     /// The node's metrics registry.
@@ -119,6 +128,14 @@ struct RuntimeInfo<'a> {
 /// Starts a node from a validated config. Returns once it is listening for HTTP and has
 /// started listening for p2p connections.
 pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
+    start_with_executor(config, Arc::new(BuiltIn)).await
+}
+
+/// Like [`start`], with `executor` executing the tasks this node wins as a provider.
+pub async fn start_with_executor(
+    config: Config,
+    executor: Arc<dyn Executor>,
+) -> Result<NodeHandle, NodeError> {
     let data_dir = config.data_dir.clone();
     let lock = identity::lock_data_dir(&data_dir)?;
     let key = identity::load_or_create(&data_dir)?;
@@ -142,7 +159,8 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let cache = ContentCache::new(config.cache.clone(), CacheMetrics::register(zs));
     let content_metrics = ContentMetrics::register(zs);
     let http_metrics = HttpMetrics::register(zs);
-    let (swarm, libp2p_metrics) = p2p::build_swarm(key, &p2p_config, zs, &p2p_metrics)?;
+    let market_metrics = MarketMetrics::register(zs, config.metrics.max_peer_series);
+    let (swarm, libp2p_metrics) = p2p::build_swarm(key.clone(), &p2p_config, zs, &p2p_metrics)?;
     let registry = Arc::new(registry);
 
     let listener = http::bind(config.http).await.map_err(NodeError::Http)?;
@@ -156,9 +174,23 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         EventLoop::new(swarm, &p2p_config, libp2p_metrics, p2p_metrics, monitor);
     let (content, content_actor, content_inbox) =
         ContentService::new(cache, p2p.clone(), config.content.clone(), content_metrics);
+    let (market, market_actor, market_inbox, market_gossip) = MarketService::new(
+        key,
+        p2p.clone(),
+        content.clone(),
+        config.market.clone(),
+        market_metrics,
+        &data_dir,
+        executor,
+    );
     let event_loop = event_loop.with_routes(Routes {
         content: Some(content_inbox),
-        ..Routes::default()
+        market: Some(market_inbox),
+        gossip: [
+            (AUCTIONS_TOPIC, market_gossip.clone()),
+            (RESULTS_TOPIC, market_gossip),
+        ]
+        .into(),
     });
 
     let health = Health::default();
@@ -176,11 +208,20 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         health.clone(),
         cancel.clone(),
     ));
+    tasks.spawn(supervise(
+        "the market service",
+        market_actor.run(cancel.clone()),
+        health.clone(),
+        cancel.clone(),
+    ));
 
     let state = ApiState::new(
         registry.clone(),
-        p2p.clone(),
-        content.clone(),
+        http::Services {
+            p2p: p2p.clone(),
+            content: content.clone(),
+            market: market.clone(),
+        },
         api_token.clone(),
         config
             .bootstrap_peers()
@@ -212,6 +253,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         api_token,
         p2p,
         content,
+        market,
         registry,
         health,
         cancel,

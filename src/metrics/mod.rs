@@ -6,6 +6,7 @@
 //! metrics (`zerostate_gossipsub_*`). Components receive their families at construction; the
 //! registry is then frozen in an `Arc` and only encoded.
 
+mod capped;
 mod process;
 mod runtime;
 
@@ -14,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+pub use capped::CappedKeys;
 pub use process::ProcessCollector;
 pub use runtime::RuntimeCollector;
 
@@ -25,9 +27,29 @@ pub const DURATION_BUCKETS: [f64; 11] = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
 ];
 
+/// Cost buckets of the metrics contract, in amount units.
+pub const COST_BUCKETS: [f64; 7] = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0];
+
 /// The content type `/metrics` answers with.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Bounds of the metrics endpoint (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Most peers with series in each peer-labelled family; the least recently active peer's
+    /// series are removed to make room.
+    pub max_peer_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_peer_series: 100,
+        }
+    }
+}
 
 /// Label set `{outcome="..."}`, shared by the families that count outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

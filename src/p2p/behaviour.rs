@@ -16,6 +16,9 @@ use prometheus_client::registry::Registry;
 
 use super::config::P2pConfig;
 use super::content_protocol::{CONTENT_PROTOCOL, ContentCodec};
+use super::frame_protocol::{
+    FrameCodec, MARKET_PROTOCOL, MAX_MARKET_REQUEST_BYTES, MAX_MARKET_RESPONSE_BYTES,
+};
 use super::ip_limits::PendingPerIp;
 use super::providers::ProviderLimits;
 
@@ -90,6 +93,8 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<MemoryStore>,
     /// `/zerostate/content/1`: content by id, size-limited.
     pub content: request_response::Behaviour<ContentCodec>,
+    /// `/zerostate/market/1`: bids, awards and task results, as opaque bounded frames.
+    pub market: request_response::Behaviour<FrameCodec>,
     /// Gossipsub with signed, validated messages.
     pub gossipsub:
         gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
@@ -105,13 +110,14 @@ pub enum BehaviourError {
 
 impl Behaviour {
     /// Builds the behaviour for `key`, registering gossipsub's own metrics into `registry`.
-    /// `malformed_content` counts content requests the codec refuses, `refused_pending`
+    /// `malformed_content` and `malformed_market` count requests the codecs refuse, `refused_pending`
     /// connections refused by the per-IP cap.
     pub fn new(
         key: &Keypair,
         config: &P2pConfig,
         registry: &mut Registry,
         malformed_content: Counter,
+        malformed_market: Counter,
         refused_pending: Counter,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
@@ -217,6 +223,18 @@ impl Behaviour {
                 .with_max_concurrent_streams(32),
         );
 
+        let market = request_response::Behaviour::with_codec(
+            FrameCodec::new(
+                MAX_MARKET_REQUEST_BYTES,
+                MAX_MARKET_RESPONSE_BYTES,
+                malformed_market,
+            ),
+            [(MARKET_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(10))
+                .with_max_concurrent_streams(64),
+        );
+
         Ok(Self {
             ip_limits: PendingPerIp::new(l.max_pending_incoming_per_ip, refused_pending),
             limits,
@@ -229,6 +247,7 @@ impl Behaviour {
             ),
             kad,
             content,
+            market,
             gossipsub,
         })
     }

@@ -48,6 +48,7 @@ const MAX_ANNOUNCED_ADDRS: usize = 32;
 /// verdict on a gossip message.
 enum Answer {
     Content(ResponseChannel<ContentResponse>, Option<ContentResponse>),
+    Market(ResponseChannel<Vec<u8>>, Option<Vec<u8>>),
     Verdict {
         id: MessageId,
         from: PeerId,
@@ -72,6 +73,7 @@ pub struct EventLoop {
     remote_providers: RemoteProviders,
     address_book: AddressBook,
     content_requests: HashMap<OutboundRequestId, Reply<ContentResponse>>,
+    market_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
     bootstrap: Bootstrap,
     allow_private_addrs: bool,
 }
@@ -126,6 +128,7 @@ impl EventLoop {
             remote_providers: RemoteProviders::new(ProviderLimits::default()),
             address_book: AddressBook::default(),
             content_requests: HashMap::new(),
+            market_requests: HashMap::new(),
             bootstrap,
             allow_private_addrs: config.allow_private_addrs,
         };
@@ -244,6 +247,18 @@ impl EventLoop {
                     .content
                     .send_request(&peer, request);
                 self.content_requests.insert(id, reply);
+            }
+            Command::Request(Outbound::Market {
+                peer,
+                request,
+                reply,
+            }) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .market
+                    .send_request(&peer, request);
+                self.market_requests.insert(id, reply);
             }
             Command::Dial(addr, reply) => {
                 let result = match addr.iter().last() {
@@ -433,6 +448,7 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Content(event) => self.on_content_event(event),
+            BehaviourEvent::Market(event) => self.on_market_event(event),
             BehaviourEvent::IpLimits(never)
             | BehaviourEvent::Limits(never)
             | BehaviourEvent::Blocked(never) => match never {},
@@ -512,6 +528,20 @@ impl EventLoop {
                 // Dropping the channel closes the stream without an answer.
                 self.metrics.inbound_refused("content", "no_reply");
             }
+            Answer::Market(channel, Some(response)) => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .market
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("peer went away before the market response");
+                }
+            }
+            Answer::Market(_channel, None) => {
+                self.metrics.inbound_refused("market", "no_reply");
+            }
             Answer::Verdict {
                 id,
                 from,
@@ -559,78 +589,41 @@ impl EventLoop {
         &mut self,
         event: request_response::Event<ContentRequest, ContentResponse>,
     ) {
-        match event {
-            request_response::Event::Message {
+        if let Some((peer, request, channel)) =
+            settle_outbound(event, &mut self.content_requests, "content")
+        {
+            let answer = route_request(
+                self.routes.content.as_ref(),
+                &self.answers,
+                &self.metrics,
+                "content",
                 peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.route_content_request(peer, request, channel),
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.content_requests.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
+                request,
+            );
+            if let Some(answer) = answer {
+                self.answers
+                    .push(answer.map(|r| Answer::Content(channel, r)).boxed());
             }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some(reply) = self.content_requests.remove(&request_id) {
-                    let _ = reply.send(Err(RequestError::from_outbound(&error)));
-                }
-            }
-            // Malformed requests never get here: the codec counts them.
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound content request failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
-    /// Hands a content request to the content service; refuses it when the service is busy.
-    fn route_content_request(
-        &mut self,
-        peer: PeerId,
-        request: ContentRequest,
-        channel: ResponseChannel<ContentResponse>,
-    ) {
-        let Some(inbox) = &self.routes.content else {
-            self.metrics.inbound_refused("content", "busy");
-            return;
-        };
-        if self.answers.len() >= MAX_PENDING_ANSWERS {
-            self.metrics.inbound_refused("content", "busy");
-            return;
-        }
-        let (tx, rx) = oneshot::channel();
-        let routed = inbox.try_send(InboundRequest {
-            peer,
-            request,
-            reply: tx,
-        });
-        if routed.is_err() {
-            // Dropping `channel` refuses the request at once.
-            self.metrics.inbound_refused("content", "busy");
-            return;
-        }
-        self.answers.push(
-            async move {
-                let response = tokio::time::timeout(INBOUND_REPLY_DEADLINE, rx)
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-                Answer::Content(channel, response)
+    fn on_market_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        if let Some((peer, request, channel)) =
+            settle_outbound(event, &mut self.market_requests, "market")
+        {
+            let answer = route_request(
+                self.routes.market.as_ref(),
+                &self.answers,
+                &self.metrics,
+                "market",
+                peer,
+                request,
+            );
+            if let Some(answer) = answer {
+                self.answers
+                    .push(answer.map(|r| Answer::Market(channel, r)).boxed());
             }
-            .boxed(),
-        );
+        }
     }
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
@@ -756,4 +749,85 @@ fn record_identify(metrics: &libp2p::metrics::Metrics, event: &identify::Event) 
         }
         other => metrics.record(other),
     }
+}
+
+/// Settles outbound requests (responses and failures go to their waiting reply) and returns
+/// an inbound request for routing.
+fn settle_outbound<Req, Resp>(
+    event: request_response::Event<Req, Resp>,
+    pending: &mut HashMap<OutboundRequestId, Reply<Resp>>,
+    protocol: &'static str,
+) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
+    match event {
+        request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        } => return Some((peer, request, channel)),
+        request_response::Event::Message {
+            message:
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        request_response::Event::OutboundFailure {
+            request_id, error, ..
+        } => {
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Err(RequestError::from_outbound(&error)));
+            }
+        }
+        // Malformed requests never get here: the codecs count them.
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, protocol, "inbound request failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
+    }
+    None
+}
+
+/// Hands an inbound request to its service's inbox and returns the future of its answer
+/// (bounded by [`INBOUND_REPLY_DEADLINE`]); refuses it at once (`None`) when there is no
+/// service or it is busy. Dropping the response channel refuses the request.
+fn route_request<Req, Resp: Send + 'static>(
+    inbox: Option<&mpsc::Sender<InboundRequest<Req, Resp>>>,
+    answers: &FuturesUnordered<BoxFuture<'static, Answer>>,
+    metrics: &P2pMetrics,
+    protocol: &'static str,
+    peer: PeerId,
+    request: Req,
+) -> Option<impl std::future::Future<Output = Option<Resp>> + Send + 'static> {
+    let Some(inbox) = inbox else {
+        metrics.inbound_refused(protocol, "busy");
+        return None;
+    };
+    if answers.len() >= MAX_PENDING_ANSWERS {
+        metrics.inbound_refused(protocol, "busy");
+        return None;
+    }
+    let (tx, rx) = oneshot::channel();
+    let routed = inbox.try_send(InboundRequest {
+        peer,
+        request,
+        reply: tx,
+    });
+    if routed.is_err() {
+        metrics.inbound_refused(protocol, "busy");
+        return None;
+    }
+    Some(async move {
+        tokio::time::timeout(INBOUND_REPLY_DEADLINE, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    })
 }

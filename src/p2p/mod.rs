@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod config;
 mod content_protocol;
 mod event_loop;
+mod frame_protocol;
 mod handle;
 pub mod ip_limits;
 pub mod monitor;
@@ -32,11 +33,12 @@ pub use content_protocol::{
     MAX_REQUEST_BYTES, Payload,
 };
 pub use event_loop::EventLoop;
+pub use frame_protocol::{MARKET_PROTOCOL, MAX_MARKET_REQUEST_BYTES, MAX_MARKET_RESPONSE_BYTES};
 pub use handle::{Command, HandleError, NetStatus, P2pHandle, PublishError};
 pub use monitor::{MonitorMetrics, PeerInfo, PeerMonitor, PeerState};
 pub use routing::{
-    Content, ContentInbox, GossipMessage, InboundRequest, RequestError, RequestProtocol, Routes,
-    Verdict,
+    Content, ContentInbox, GossipMessage, InboundRequest, Market, MarketInbox, RequestError,
+    RequestProtocol, Routes, Verdict,
 };
 
 /// Errors starting the swarm.
@@ -101,7 +103,7 @@ impl P2pMetrics {
         );
         p2p.register(
             "malformed_messages",
-            "Messages from peers refused by a decoder, by protocol (content)",
+            "Messages from peers refused by a decoder, by protocol (content, market)",
             m.malformed.clone(),
         );
         p2p.register(
@@ -212,6 +214,7 @@ pub fn build_swarm(
         config,
         registry,
         metrics.malformed_counter("content"),
+        metrics.malformed_counter("market"),
         metrics.connections_refused_counter("pending_per_ip"),
     )?;
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry);

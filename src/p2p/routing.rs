@@ -67,11 +67,16 @@ pub struct GossipMessage {
 /// The inbox of the content service.
 pub type ContentInbox = mpsc::Sender<InboundRequest<ContentRequest, ContentResponse>>;
 
+/// The inbox of the market service: raw request frames, raw response frames.
+pub type MarketInbox = mpsc::Sender<InboundRequest<Vec<u8>, Vec<u8>>>;
+
 /// Where the event loop sends inbound traffic. Built by `node.rs`, which owns the services.
 #[derive(Debug, Default)]
 pub struct Routes {
     /// `/zerostate/content/2` requests. Without a service, every request is refused.
     pub content: Option<ContentInbox>,
+    /// `/zerostate/market/1` requests. Without a service, every request is refused.
+    pub market: Option<MarketInbox>,
     /// Gossip per topic. A topic without a service rejects what arrives on it.
     pub gossip: HashMap<&'static str, mpsc::Sender<GossipMessage>>,
 }
@@ -135,6 +140,15 @@ pub enum Outbound {
         /// The answer.
         reply: Reply<ContentResponse>,
     },
+    /// `/zerostate/market/1`.
+    Market {
+        /// To whom.
+        peer: PeerId,
+        /// The request frame.
+        request: Vec<u8>,
+        /// The response frame.
+        reply: Reply<Vec<u8>>,
+    },
 }
 
 /// A request-response protocol a service can use through [`super::P2pHandle::request`].
@@ -157,6 +171,23 @@ impl RequestProtocol for Content {
 
     fn outbound(peer: PeerId, request: ContentRequest, reply: Reply<ContentResponse>) -> Outbound {
         Outbound::Content {
+            peer,
+            request,
+            reply,
+        }
+    }
+}
+
+/// The market protocol: opaque frames the market service encodes and decodes.
+#[derive(Debug)]
+pub struct Market;
+
+impl RequestProtocol for Market {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    fn outbound(peer: PeerId, request: Vec<u8>, reply: Reply<Vec<u8>>) -> Outbound {
+        Outbound::Market {
             peer,
             request,
             reply,

@@ -11,5 +11,6 @@ mod hostile;
 mod http_api;
 mod layering;
 mod malformed;
+mod market;
 mod monitor;
 mod network;

@@ -1,0 +1,746 @@
+//! The market's wire format: protobuf messages (`proto/market.proto`) inside libp2p signed
+//! envelopes, and the checks every message passes before it may change any state.
+//!
+//! [`open`] takes the bytes exactly as they arrived: it bounds their size, decodes the
+//! envelope, checks the payload type and the signature over the exact payload bytes, decodes
+//! the payload and checks every field's range and that the signer is the peer the message
+//! claims to come from. Nothing is re-encoded: a signed message keeps its original bytes
+//! ([`Signed::bytes`]) and is forwarded or embedded byte for byte.
+
+use std::fmt;
+
+use bytes::Bytes;
+use libp2p::PeerId;
+use libp2p::core::SignedEnvelope;
+use libp2p::identity::Keypair;
+use prost::Message;
+
+use crate::content_id::{ContentId, DIGEST_LEN};
+
+/// The generated protobuf types of `proto/market.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/zerostate.market.v1.rs"));
+}
+
+/// Domain-separation string of every market signature.
+pub const DOMAIN: &str = "zerostate-market";
+/// The request-response protocol for bids, awards and task results.
+pub const MARKET_PROTOCOL: &str = "/zerostate/market/1";
+/// Gossip topic of auction announcements.
+pub const AUCTIONS_TOPIC: &str = "/zerostate/auctions/1";
+/// Gossip topic of auction results (signed awards).
+pub const RESULTS_TOPIC: &str = "/zerostate/auction-results/1";
+
+/// Length of an auction id.
+pub const AUCTION_ID_LEN: usize = 16;
+/// Largest signed announcement, bid or task result envelope.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
+/// Largest signed award envelope (it embeds an announcement and two bids).
+pub const MAX_AWARD_BYTES: usize = 16 * 1024;
+/// Largest market request on the wire.
+pub const MAX_REQUEST_BYTES: usize = MAX_AWARD_BYTES + 64;
+/// Largest market response on the wire.
+pub const MAX_RESPONSE_BYTES: usize = 256;
+/// Largest `PowTask.input`.
+pub const MAX_POW_INPUT: usize = 1024;
+/// Range of `PowTask.difficulty`.
+pub const POW_DIFFICULTY: std::ops::RangeInclusive<u32> = 1..=32;
+/// Range of `MatmulTask.n`.
+pub const MATMUL_N: std::ops::RangeInclusive<u32> = 1..=512;
+/// Range of prices (`max_price`, bid prices, award prices).
+pub const PRICE: std::ops::RangeInclusive<u64> = 1..=1 << 48;
+/// Longest bid window (`bid_deadline_ms - created_at_ms`).
+pub const MAX_BID_WINDOW_MS: u64 = 60_000;
+/// Range of `execution_timeout_ms`.
+pub const EXECUTION_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 100..=600_000;
+/// Longest a bid may stay valid after the auction's deadline.
+pub const MAX_BID_TTL_MS: u64 = 600_000;
+/// How far clocks of honest peers may disagree.
+pub const CLOCK_SKEW_MS: u64 = 5_000;
+/// Range of the reputation weights in an award, per mille.
+pub const WEIGHT: std::ops::RangeInclusive<u32> = 500..=1500;
+/// The weight of every bid when an auction is not reputation-weighted.
+pub const NEUTRAL_WEIGHT: u32 = 1000;
+/// Longest `MarketResponse.reason`.
+pub const MAX_REASON_LEN: usize = 64;
+
+/// Why a message was refused. [`Refusal::label`] is the reason in metrics and on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Larger than its limit.
+    Oversized,
+    /// Not a signed envelope, or its payload is not the protobuf message.
+    Malformed,
+    /// The envelope's payload type is not the one expected here.
+    WrongType,
+    /// The signature does not verify.
+    BadSignature,
+    /// Signed by someone other than the peer the message names.
+    WrongSigner,
+    /// A field is missing or out of range.
+    BadField,
+    /// Its deadline has passed.
+    Expired,
+    /// Dated too far in the future.
+    TooFarFuture,
+    /// A bid or result for an auction this node does not run.
+    UnknownAuction,
+    /// A bid addressed to another requester.
+    WrongRequester,
+    /// A bid that arrived after the bid deadline.
+    AfterDeadline,
+    /// A bid above the auction's maximum price.
+    AboveMaxPrice,
+    /// A bid whose exact bytes were already received.
+    Replay,
+    /// A second bid from the same bidder.
+    DuplicateBidder,
+    /// A bid from a peer this auction excludes (it failed this task before) or that is banned.
+    Excluded,
+    /// An award whose price does not follow from its bids and the auction's rule.
+    BadPrice,
+    /// An award whose bids do not belong to its announcement.
+    BadBids,
+    /// An award for a bid this node did not make.
+    NotWinner,
+    /// No capacity left to take the task.
+    Busy,
+    /// A task result from a peer that is not the auction's winner, or a second one.
+    Unexpected,
+}
+
+impl Refusal {
+    /// Every reason, for tests and documentation.
+    pub const ALL: [Refusal; 20] = [
+        Self::Oversized,
+        Self::Malformed,
+        Self::WrongType,
+        Self::BadSignature,
+        Self::WrongSigner,
+        Self::BadField,
+        Self::Expired,
+        Self::TooFarFuture,
+        Self::UnknownAuction,
+        Self::WrongRequester,
+        Self::AfterDeadline,
+        Self::AboveMaxPrice,
+        Self::Replay,
+        Self::DuplicateBidder,
+        Self::Excluded,
+        Self::BadPrice,
+        Self::BadBids,
+        Self::NotWinner,
+        Self::Busy,
+        Self::Unexpected,
+    ];
+
+    /// The reason as a metric label and on the wire.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Oversized => "oversized",
+            Self::Malformed => "malformed",
+            Self::WrongType => "wrong_type",
+            Self::BadSignature => "bad_signature",
+            Self::WrongSigner => "wrong_signer",
+            Self::BadField => "bad_field",
+            Self::Expired => "expired",
+            Self::TooFarFuture => "too_far_future",
+            Self::UnknownAuction => "unknown_auction",
+            Self::WrongRequester => "wrong_requester",
+            Self::AfterDeadline => "after_deadline",
+            Self::AboveMaxPrice => "above_max_price",
+            Self::Replay => "replay",
+            Self::DuplicateBidder => "duplicate_bidder",
+            Self::Excluded => "excluded",
+            Self::BadPrice => "bad_price",
+            Self::BadBids => "bad_bids",
+            Self::NotWinner => "not_winner",
+            Self::Busy => "busy",
+            Self::Unexpected => "unexpected",
+        }
+    }
+
+    /// Whether the sender is to blame (penalised) rather than merely late or unlucky.
+    pub fn is_fault(self) -> bool {
+        !matches!(
+            self,
+            Self::Expired | Self::AfterDeadline | Self::Busy | Self::UnknownAuction
+        )
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// An auction's id: 16 bytes, shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AuctionId(pub [u8; AUCTION_ID_LEN]);
+
+impl AuctionId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, Refusal> {
+        bytes.try_into().map(Self).map_err(|_| Refusal::BadField)
+    }
+}
+
+impl fmt::Display for AuctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for AuctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AuctionId({self})")
+    }
+}
+
+impl std::str::FromStr for AuctionId {
+    type Err = hex::FromHexError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut id = [0u8; AUCTION_ID_LEN];
+        hex::decode_to_slice(s, &mut id)?;
+        Ok(Self(id))
+    }
+}
+
+/// How the winner's price is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuctionType {
+    /// The winner is paid its own bid.
+    FirstPrice,
+    /// The winner is paid the critical price.
+    SecondPrice,
+}
+
+impl AuctionType {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FirstPrice => "first_price",
+            Self::SecondPrice => "second_price",
+        }
+    }
+}
+
+/// What a task computes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskSpec {
+    /// Proof of work: a nonce with `difficulty` leading zero bits of BLAKE3(input ‖ nonce).
+    Pow {
+        /// The input, at most [`MAX_POW_INPUT`] bytes.
+        input: Vec<u8>,
+        /// Leading zero bits wanted.
+        difficulty: u32,
+    },
+    /// The product of two n×n matrices modulo 2^61 − 1, carried as content ids.
+    Matmul {
+        /// The dimension.
+        n: u32,
+        /// The left matrix.
+        a: ContentId,
+        /// The right matrix.
+        b: ContentId,
+    },
+}
+
+impl TaskSpec {
+    /// The kind's name: `pow` or `matmul` (the `type` label of the task metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Pow { .. } => "pow",
+            Self::Matmul { .. } => "matmul",
+        }
+    }
+}
+
+/// A requester's call for bids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The auction.
+    pub auction_id: AuctionId,
+    /// Who runs it and pays.
+    pub requester: PeerId,
+    /// What is to be computed.
+    pub task: TaskSpec,
+    /// The highest price the requester pays.
+    pub max_price: u64,
+    /// First or second price.
+    pub auction_type: AuctionType,
+    /// When it was created (Unix ms).
+    pub created_at_ms: u64,
+    /// When bidding closes (Unix ms).
+    pub bid_deadline_ms: u64,
+    /// Whether bids are weighted by the requester's reputation of the bidder.
+    pub reputation_weighted: bool,
+    /// How long the winner has to deliver, from the award.
+    pub execution_timeout_ms: u32,
+}
+
+/// A provider's sealed offer, sent only to the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bid {
+    /// The auction.
+    pub auction_id: AuctionId,
+    /// The requester it is addressed to.
+    pub requester: PeerId,
+    /// Who bids.
+    pub bidder: PeerId,
+    /// The price asked.
+    pub price: u64,
+    /// After this instant (Unix ms) it may not be accepted.
+    pub expires_at_ms: u64,
+}
+
+/// The requester's decision: who won, at what price, and the signed bids that prove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Award {
+    /// The announcement, as signed by the requester.
+    pub announcement: Signed<Announcement>,
+    /// The winning bid, as signed by the winner.
+    pub winner_bid: Signed<Bid>,
+    /// The runner-up's bid, when there was more than one.
+    pub runner_up_bid: Option<Signed<Bid>>,
+    /// What the winner is paid.
+    pub price: u64,
+    /// Weight applied to the winner, per mille.
+    pub winner_weight: u32,
+    /// Weight applied to the runner-up, per mille.
+    pub runner_up_weight: u32,
+}
+
+impl Award {
+    /// The auction.
+    pub fn auction_id(&self) -> AuctionId {
+        self.announcement.body.auction_id
+    }
+
+    /// The winner.
+    pub fn winner(&self) -> PeerId {
+        self.winner_bid.body.bidder
+    }
+}
+
+/// What a task produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The nonce of a `pow` task.
+    PowNonce(u64),
+    /// The content id of a `matmul` product.
+    MatmulProduct(ContentId),
+}
+
+/// The winner's answer, sent to the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskResult {
+    /// The auction.
+    pub auction_id: AuctionId,
+    /// The winner.
+    pub provider: PeerId,
+    /// What it computed.
+    pub output: Output,
+    /// How long it took, by the provider's clock.
+    pub execution_ms: u64,
+}
+
+/// A message with the signer it was verified against and its exact envelope bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed<T> {
+    /// The decoded, checked message.
+    pub body: T,
+    /// Who signed it.
+    pub signer: PeerId,
+    /// The envelope exactly as signed and received.
+    pub bytes: Bytes,
+}
+
+/// A message type of the market, with its payload type, size limit and checks.
+pub trait WireMessage: Sized {
+    /// The envelope's payload type.
+    const PAYLOAD_TYPE: &'static [u8];
+    /// Largest envelope.
+    const MAX_BYTES: usize;
+    /// Decodes and checks the payload (field ranges and consistency; not timing).
+    fn decode_payload(payload: &[u8]) -> Result<Self, Refusal>;
+    /// Encodes the payload.
+    fn encode_payload(&self) -> Vec<u8>;
+    /// The peer that must have signed it.
+    fn claimed_signer(&self) -> PeerId;
+}
+
+/// Signs `body` with `key`. Fails only if the key cannot sign (never for ed25519).
+pub fn sign<T: WireMessage>(key: &Keypair, body: T) -> Signed<T> {
+    let envelope = SignedEnvelope::new(
+        key,
+        DOMAIN.to_owned(),
+        T::PAYLOAD_TYPE.to_vec(),
+        body.encode_payload(),
+    )
+    .expect("ed25519 keys always sign");
+    Signed {
+        body,
+        signer: key.public().to_peer_id(),
+        bytes: Bytes::from(envelope.into_protobuf_encoding()),
+    }
+}
+
+/// Opens a signed message: size, envelope, payload type, signature, fields, signer.
+pub fn open<T: WireMessage>(bytes: &[u8]) -> Result<Signed<T>, Refusal> {
+    if bytes.len() > T::MAX_BYTES {
+        return Err(Refusal::Oversized);
+    }
+    let envelope = SignedEnvelope::from_protobuf_encoding(bytes).map_err(|_| Refusal::Malformed)?;
+    let (payload, key) = envelope
+        .payload_and_signing_key(DOMAIN.to_owned(), T::PAYLOAD_TYPE)
+        .map_err(|e| match e {
+            libp2p::core::signed_envelope::ReadPayloadError::UnexpectedPayloadType { .. } => {
+                Refusal::WrongType
+            }
+            _ => Refusal::BadSignature,
+        })?;
+    let body = T::decode_payload(payload)?;
+    let signer = key.to_peer_id();
+    if signer != body.claimed_signer() {
+        return Err(Refusal::WrongSigner);
+    }
+    Ok(Signed {
+        body,
+        signer,
+        bytes: Bytes::copy_from_slice(bytes),
+    })
+}
+
+fn peer_id(bytes: &[u8]) -> Result<PeerId, Refusal> {
+    if bytes.len() > 64 {
+        return Err(Refusal::BadField);
+    }
+    PeerId::from_bytes(bytes).map_err(|_| Refusal::BadField)
+}
+
+fn content_id(bytes: &[u8]) -> Result<ContentId, Refusal> {
+    let digest: [u8; DIGEST_LEN] = bytes.try_into().map_err(|_| Refusal::BadField)?;
+    Ok(ContentId::from_digest(digest))
+}
+
+fn price(value: u64) -> Result<u64, Refusal> {
+    if PRICE.contains(&value) {
+        Ok(value)
+    } else {
+        Err(Refusal::BadField)
+    }
+}
+
+fn decode<M: Message + Default>(payload: &[u8]) -> Result<M, Refusal> {
+    M::decode(payload).map_err(|_| Refusal::Malformed)
+}
+
+impl WireMessage for Announcement {
+    const PAYLOAD_TYPE: &'static [u8] = b"/zerostate/market/1/announcement";
+    const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
+
+    fn decode_payload(payload: &[u8]) -> Result<Self, Refusal> {
+        let m: pb::Announcement = decode(payload)?;
+        let task = match m.task.and_then(|t| t.kind) {
+            Some(pb::task_spec::Kind::Pow(p)) => {
+                if p.input.len() > MAX_POW_INPUT || !POW_DIFFICULTY.contains(&p.difficulty) {
+                    return Err(Refusal::BadField);
+                }
+                TaskSpec::Pow {
+                    input: p.input,
+                    difficulty: p.difficulty,
+                }
+            }
+            Some(pb::task_spec::Kind::Matmul(p)) => {
+                if !MATMUL_N.contains(&p.n) {
+                    return Err(Refusal::BadField);
+                }
+                TaskSpec::Matmul {
+                    n: p.n,
+                    a: content_id(&p.a)?,
+                    b: content_id(&p.b)?,
+                }
+            }
+            None => return Err(Refusal::BadField),
+        };
+        let auction_type = match pb::AuctionType::try_from(m.auction_type) {
+            Ok(pb::AuctionType::FirstPrice) => AuctionType::FirstPrice,
+            Ok(pb::AuctionType::SecondPrice) => AuctionType::SecondPrice,
+            _ => return Err(Refusal::BadField),
+        };
+        let window = m.bid_deadline_ms.checked_sub(m.created_at_ms);
+        if !window.is_some_and(|w| w > 0 && w <= MAX_BID_WINDOW_MS)
+            || !EXECUTION_TIMEOUT_MS.contains(&m.execution_timeout_ms)
+        {
+            return Err(Refusal::BadField);
+        }
+        Ok(Self {
+            auction_id: AuctionId::from_wire(&m.auction_id)?,
+            requester: peer_id(&m.requester)?,
+            task,
+            max_price: price(m.max_price)?,
+            auction_type,
+            created_at_ms: m.created_at_ms,
+            bid_deadline_ms: m.bid_deadline_ms,
+            reputation_weighted: m.reputation_weighted,
+            execution_timeout_ms: m.execution_timeout_ms,
+        })
+    }
+
+    fn encode_payload(&self) -> Vec<u8> {
+        let kind = match &self.task {
+            TaskSpec::Pow { input, difficulty } => pb::task_spec::Kind::Pow(pb::PowTask {
+                input: input.clone(),
+                difficulty: *difficulty,
+            }),
+            TaskSpec::Matmul { n, a, b } => pb::task_spec::Kind::Matmul(pb::MatmulTask {
+                n: *n,
+                a: a.digest().to_vec(),
+                b: b.digest().to_vec(),
+            }),
+        };
+        pb::Announcement {
+            auction_id: self.auction_id.0.to_vec(),
+            requester: self.requester.to_bytes(),
+            task: Some(pb::TaskSpec { kind: Some(kind) }),
+            max_price: self.max_price,
+            auction_type: match self.auction_type {
+                AuctionType::FirstPrice => pb::AuctionType::FirstPrice,
+                AuctionType::SecondPrice => pb::AuctionType::SecondPrice,
+            } as i32,
+            created_at_ms: self.created_at_ms,
+            bid_deadline_ms: self.bid_deadline_ms,
+            reputation_weighted: self.reputation_weighted,
+            execution_timeout_ms: self.execution_timeout_ms,
+        }
+        .encode_to_vec()
+    }
+
+    fn claimed_signer(&self) -> PeerId {
+        self.requester
+    }
+}
+
+impl Announcement {
+    /// Timing checks for a fresh announcement at `now_ms`: not created too far in the
+    /// future, and its bid deadline not passed (both with [`CLOCK_SKEW_MS`] tolerance).
+    pub fn check_fresh(&self, now_ms: u64) -> Result<(), Refusal> {
+        if self.created_at_ms > now_ms.saturating_add(CLOCK_SKEW_MS) {
+            return Err(Refusal::TooFarFuture);
+        }
+        if self.bid_deadline_ms.saturating_add(CLOCK_SKEW_MS) < now_ms {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+}
+
+impl WireMessage for Bid {
+    const PAYLOAD_TYPE: &'static [u8] = b"/zerostate/market/1/bid";
+    const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
+
+    fn decode_payload(payload: &[u8]) -> Result<Self, Refusal> {
+        let m: pb::Bid = decode(payload)?;
+        Ok(Self {
+            auction_id: AuctionId::from_wire(&m.auction_id)?,
+            requester: peer_id(&m.requester)?,
+            bidder: peer_id(&m.bidder)?,
+            price: price(m.price)?,
+            expires_at_ms: m.expires_at_ms,
+        })
+    }
+
+    fn encode_payload(&self) -> Vec<u8> {
+        pb::Bid {
+            auction_id: self.auction_id.0.to_vec(),
+            requester: self.requester.to_bytes(),
+            bidder: self.bidder.to_bytes(),
+            price: self.price,
+            expires_at_ms: self.expires_at_ms,
+        }
+        .encode_to_vec()
+    }
+
+    fn claimed_signer(&self) -> PeerId {
+        self.bidder
+    }
+}
+
+impl WireMessage for Award {
+    const PAYLOAD_TYPE: &'static [u8] = b"/zerostate/market/1/award";
+    const MAX_BYTES: usize = MAX_AWARD_BYTES;
+
+    fn decode_payload(payload: &[u8]) -> Result<Self, Refusal> {
+        let m: pb::Award = decode(payload)?;
+        // Embedded envelopes are checked like any other; a refusal inside is a bad award.
+        let announcement = open::<Announcement>(&m.announcement).map_err(|_| Refusal::BadBids)?;
+        let winner_bid = open::<Bid>(&m.winner_bid).map_err(|_| Refusal::BadBids)?;
+        let runner_up_bid = if m.runner_up_bid.is_empty() {
+            None
+        } else {
+            Some(open::<Bid>(&m.runner_up_bid).map_err(|_| Refusal::BadBids)?)
+        };
+        if !WEIGHT.contains(&m.winner_weight) || !WEIGHT.contains(&m.runner_up_weight) {
+            return Err(Refusal::BadField);
+        }
+        Ok(Self {
+            announcement,
+            winner_bid,
+            runner_up_bid,
+            price: price(m.price)?,
+            winner_weight: m.winner_weight,
+            runner_up_weight: m.runner_up_weight,
+        })
+    }
+
+    fn encode_payload(&self) -> Vec<u8> {
+        pb::Award {
+            announcement: self.announcement.bytes.to_vec(),
+            winner_bid: self.winner_bid.bytes.to_vec(),
+            runner_up_bid: self
+                .runner_up_bid
+                .as_ref()
+                .map(|b| b.bytes.to_vec())
+                .unwrap_or_default(),
+            price: self.price,
+            winner_weight: self.winner_weight,
+            runner_up_weight: self.runner_up_weight,
+        }
+        .encode_to_vec()
+    }
+
+    fn claimed_signer(&self) -> PeerId {
+        self.announcement.body.requester
+    }
+}
+
+impl WireMessage for TaskResult {
+    const PAYLOAD_TYPE: &'static [u8] = b"/zerostate/market/1/result";
+    const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
+
+    fn decode_payload(payload: &[u8]) -> Result<Self, Refusal> {
+        let m: pb::TaskResult = decode(payload)?;
+        let output = match m.output {
+            Some(pb::task_result::Output::PowNonce(n)) => Output::PowNonce(n),
+            Some(pb::task_result::Output::MatmulProduct(c)) => {
+                Output::MatmulProduct(content_id(&c)?)
+            }
+            None => return Err(Refusal::BadField),
+        };
+        Ok(Self {
+            auction_id: AuctionId::from_wire(&m.auction_id)?,
+            provider: peer_id(&m.provider)?,
+            output,
+            execution_ms: m.execution_ms,
+        })
+    }
+
+    fn encode_payload(&self) -> Vec<u8> {
+        pb::TaskResult {
+            auction_id: self.auction_id.0.to_vec(),
+            provider: self.provider.to_bytes(),
+            output: Some(match self.output {
+                Output::PowNonce(n) => pb::task_result::Output::PowNonce(n),
+                Output::MatmulProduct(c) => {
+                    pb::task_result::Output::MatmulProduct(c.digest().to_vec())
+                }
+            }),
+            execution_ms: self.execution_ms,
+        }
+        .encode_to_vec()
+    }
+
+    fn claimed_signer(&self) -> PeerId {
+        self.provider
+    }
+}
+
+/// A decoded market request: which message it carries, still to be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A signed [`Bid`].
+    Bid(Bytes),
+    /// A signed [`Award`].
+    Award(Bytes),
+    /// A signed [`TaskResult`].
+    Result(Bytes),
+}
+
+impl Request {
+    /// Decodes a request frame (the size was bounded by the codec).
+    pub fn decode(bytes: &[u8]) -> Result<Self, Refusal> {
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(Refusal::Oversized);
+        }
+        let m: pb::MarketRequest = decode(bytes)?;
+        match m.body {
+            Some(pb::market_request::Body::Bid(b)) => Ok(Self::Bid(b.into())),
+            Some(pb::market_request::Body::Award(b)) => Ok(Self::Award(b.into())),
+            Some(pb::market_request::Body::Result(b)) => Ok(Self::Result(b.into())),
+            None => Err(Refusal::Malformed),
+        }
+    }
+
+    /// Encodes a request frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = match self {
+            Self::Bid(b) => pb::market_request::Body::Bid(b.to_vec()),
+            Self::Award(b) => pb::market_request::Body::Award(b.to_vec()),
+            Self::Result(b) => pb::market_request::Body::Result(b.to_vec()),
+        };
+        pb::MarketRequest { body: Some(body) }.encode_to_vec()
+    }
+
+    /// The message's name as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Bid(_) => "bid",
+            Self::Award(_) => "award",
+            Self::Result(_) => "result",
+        }
+    }
+}
+
+/// Encodes the answer to a request: accepted, or refused with a reason.
+pub fn encode_response(result: Result<(), Refusal>) -> Vec<u8> {
+    pb::MarketResponse {
+        accepted: result.is_ok(),
+        reason: result
+            .err()
+            .map(|r| r.label().to_owned())
+            .unwrap_or_default(),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes the answer to a request: `Ok` if accepted, else the peer's reason (bounded).
+pub fn decode_response(bytes: &[u8]) -> Result<Result<(), String>, Refusal> {
+    if bytes.len() > MAX_RESPONSE_BYTES {
+        return Err(Refusal::Oversized);
+    }
+    let m: pb::MarketResponse = decode(bytes)?;
+    if m.accepted {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(m.reason.chars().take(MAX_REASON_LEN).collect()))
+    }
+}
+
+/// The current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,63 @@
+//! Bounded label cardinality: which network-supplied label values (peer ids, channel ids)
+//! currently have series. The owner removes the evicted value's series from its families.
+
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+
+/// The label values with series, at most `cap`, least recently active evicted first.
+#[derive(Debug)]
+pub struct CappedKeys<K: Hash + Eq> {
+    keys: LruCache<K, ()>,
+}
+
+impl<K: Hash + Eq + Clone> CappedKeys<K> {
+    /// At most `cap` values (at least 1).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            keys: LruCache::new(NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN)),
+        }
+    }
+
+    /// Marks `key` active. Returns the value evicted to make room, whose series the caller
+    /// must remove.
+    pub fn touch(&mut self, key: K) -> Option<K> {
+        match self.keys.push(key.clone(), ()) {
+            Some((old, ())) if old != key => Some(old),
+            _ => None,
+        }
+    }
+
+    /// Forgets `key` (its series were removed for another reason).
+    pub fn remove(&mut self, key: &K) -> bool {
+        self.keys.pop(key).is_some()
+    }
+
+    /// How many values have series.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no value has series.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_the_least_recently_active() {
+        let mut keys = CappedKeys::new(2);
+        assert_eq!(keys.touch("a"), None);
+        assert_eq!(keys.touch("b"), None);
+        assert_eq!(keys.touch("a"), None);
+        assert_eq!(keys.touch("c"), Some("b"));
+        assert_eq!(keys.len(), 2);
+        assert!(keys.remove(&"a"));
+        assert_eq!(keys.touch("d"), None);
+    }
+}

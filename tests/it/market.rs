@@ -1,0 +1,323 @@
+//! The task market end to end on real nodes: requesters post tasks, providers bid, winners
+//! execute, requesters verify, and every node that saw an auction agrees on its outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zerostate::market::kinds::{BuiltIn, Computed, ExecError, Executor, Input};
+use zerostate::market::wire::AuctionType;
+use zerostate::market::{TaskRequest, TaskView};
+use zerostate::{Config, NodeHandle};
+
+use crate::common::*;
+
+/// Fast market settings for tests: short bid window, quick retries.
+pub fn market_config(c: &mut Config, provider: bool) {
+    c.market.bid_window_ms = 400;
+    c.market.execution_timeout_ms = 20_000;
+    c.market.max_retries = 4;
+    c.market.provider.capacity = 8;
+    if !provider {
+        c.market.provider.kinds.clear();
+    }
+}
+
+pub fn pow(difficulty: u32, auction_type: AuctionType) -> TaskRequest {
+    TaskRequest {
+        kind: "pow".into(),
+        difficulty: Some(difficulty),
+        input: None,
+        n: None,
+        max_price: Some(1_000),
+        auction_type: Some(auction_type),
+        reputation_weighted: None,
+    }
+}
+
+pub fn matmul(n: u32, auction_type: AuctionType) -> TaskRequest {
+    TaskRequest {
+        kind: "matmul".into(),
+        difficulty: None,
+        input: None,
+        n: Some(n),
+        max_price: Some(1_000),
+        auction_type: Some(auction_type),
+        reputation_weighted: None,
+    }
+}
+
+/// Waits until the task has ended and returns it.
+pub async fn finished(node: &NodeHandle, id: zerostate::market::wire::AuctionId) -> TaskView {
+    eventually(Duration::from_secs(90), "the task ends", || async {
+        let task = node.market().task(id).await.ok()??;
+        (task.status != "running").then_some(task)
+    })
+    .await
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`.
+pub fn sum_where(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name && labels.iter().all(|want| series.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+async fn sum_over(nodes: &[NodeHandle], name: &str, labels: &[&str]) -> f64 {
+    let mut total = 0.0;
+    for node in nodes {
+        total += sum_where(&scrape(node).await, name, labels);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_run_twenty_auctions_and_agree_on_every_outcome() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Nodes 0 and 1 request; 2, 3 and 4 provide.
+    let mut nodes = Vec::new();
+    let mut config = test_config(dirs[0].path(), vec![]);
+    market_config(&mut config, false);
+    nodes.push(start(config).await);
+    let bootstrap = p2p_addr(&nodes[0]);
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let mut config = test_config(dir.path(), vec![bootstrap.clone()]);
+        market_config(&mut config, i >= 2);
+        nodes.push(start(config).await);
+    }
+    for node in &nodes {
+        eventually(Duration::from_secs(60), "full mesh", || async {
+            (node.p2p().connected_peers().await.ok()?.len() >= 4).then_some(())
+        })
+        .await;
+    }
+    // Gossipsub needs a heartbeat to learn who subscribes to what.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut submitted = Vec::new();
+    for i in 0..20 {
+        let requester = &nodes[i % 2];
+        let auction_type = if i % 4 < 2 {
+            AuctionType::SecondPrice
+        } else {
+            AuctionType::FirstPrice
+        };
+        let request = if i % 3 == 0 {
+            matmul(24, auction_type)
+        } else {
+            pow(8, auction_type)
+        };
+        let id = requester.market().submit(request).await.unwrap();
+        submitted.push((i % 2, id));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for (r, id) in &submitted {
+        let task = finished(&nodes[*r], *id).await;
+        assert_eq!(task.status, "success", "task {id}: {task:#?}");
+        assert_eq!(task.verification.as_deref(), Some("verified"));
+        let winner = task.winner.clone().unwrap();
+        let price = task.price.unwrap();
+        assert!(price <= task.max_price);
+        let last = task.attempts.last().unwrap();
+        assert!(!last.bids.is_empty());
+        assert!(
+            last.bids
+                .iter()
+                .any(|b| b.bidder == winner && b.price <= price),
+            "the winner bid at most its price: {task:#?}"
+        );
+        // Every node that saw the auction derives the same winner and price from its result.
+        let auction = last.auction_id.parse().unwrap();
+        for (i, node) in nodes.iter().enumerate() {
+            let seen = eventually(
+                Duration::from_secs(10),
+                "the result reaches every node",
+                || async { node.market().observed(auction).await.ok()? },
+            )
+            .await;
+            assert_eq!(seen.winner.to_string(), winner, "node {i}, task {id}");
+            assert_eq!(seen.price, price, "node {i}, task {id}");
+        }
+    }
+
+    let completed = sum_over(
+        &nodes,
+        "zerostate_economic_auctions_total",
+        &[r#"status="completed""#],
+    )
+    .await;
+    assert_eq!(completed, 20.0);
+    let sent = sum_over(
+        &nodes,
+        "zerostate_economic_bids_total",
+        &[r#"outcome="sent""#],
+    )
+    .await;
+    let accepted = sum_over(
+        &nodes,
+        "zerostate_economic_bids_total",
+        &[r#"outcome="accepted""#],
+    )
+    .await;
+    let refused = sum_over(
+        &nodes,
+        "zerostate_economic_bids_total",
+        &[r#"outcome="refused""#],
+    )
+    .await;
+    assert!(sent >= 20.0, "{sent} bids sent");
+    assert_eq!(
+        sent,
+        accepted + refused,
+        "every bid sent was counted once by its requester"
+    );
+    let succeeded = sum_over(
+        &nodes,
+        "zerostate_economic_tasks_completed_total",
+        &[r#"status="success""#],
+    )
+    .await;
+    assert_eq!(succeeded, 20.0);
+    // Providers recorded executions; requesters recorded reputation of the winners.
+    assert!(
+        sum_over(
+            &nodes,
+            "zerostate_economic_task_duration_seconds_count",
+            &[]
+        )
+        .await
+            >= 20.0
+    );
+    let text = scrape(&nodes[0]).await;
+    assert!(sum_where(&text, "zerostate_economic_reputation_scores", &["peer_id="]) > 0.0);
+    assert!(sum_where(&text, "zerostate_economic_task_cost_count", &[]) >= 10.0);
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Returns wrong results: a nonce that does not solve, a product that is off by one.
+struct Liar;
+
+impl Executor for Liar {
+    fn execute(&self, input: &Input, deadline: Instant) -> Result<Computed, ExecError> {
+        match BuiltIn.execute(input, deadline)? {
+            Computed::Nonce(n) => {
+                let Input::Pow { input, difficulty } = input else {
+                    unreachable!()
+                };
+                // The first nonce after the solution that does not solve.
+                let wrong = (n + 1..)
+                    .find(|m| !zerostate::market::kinds::pow_verify(input, *difficulty, *m))
+                    .unwrap();
+                Ok(Computed::Nonce(wrong))
+            }
+            Computed::Product(m) => {
+                let mut bytes = m.to_bytes();
+                bytes[0] ^= 1;
+                Ok(Computed::Product(
+                    zerostate::market::kinds::Matrix::from_bytes(m.n(), &bytes).unwrap(),
+                ))
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_provider_is_caught_loses_reputation_and_stops_winning() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut config = test_config(dirs[0].path(), vec![]);
+    market_config(&mut config, false);
+    let requester = start(config).await;
+    let bootstrap = p2p_addr(&requester);
+    let mut config = test_config(dirs[1].path(), vec![bootstrap.clone()]);
+    market_config(&mut config, true);
+    config.market.provider.base_price = 50;
+    let honest = start(config).await;
+    // The liar undercuts everyone, so it wins until its reputation stops it.
+    let mut config = test_config(dirs[2].path(), vec![bootstrap]);
+    market_config(&mut config, true);
+    config.market.provider.base_price = 1;
+    config.market.provider.price_jitter_percent = 0;
+    let liar = zerostate::node::start_with_executor(config, Arc::new(Liar))
+        .await
+        .unwrap();
+    for node in [&requester, &honest, &liar] {
+        eventually(Duration::from_secs(60), "connected", || async {
+            (node.p2p().connected_peers().await.ok()?.len() >= 2).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let request = if i % 2 == 0 {
+            pow(6, AuctionType::SecondPrice)
+        } else {
+            matmul(8, AuctionType::FirstPrice)
+        };
+        let id = requester.market().submit(request).await.unwrap();
+        tasks.push(finished(&requester, id).await);
+    }
+    let liar_id = liar.peer_id().to_string();
+    let honest_id = honest.peer_id().to_string();
+    for task in &tasks {
+        assert_eq!(task.status, "success", "{task:#?}");
+        assert_eq!(
+            task.winner.as_deref(),
+            Some(honest_id.as_str()),
+            "{task:#?}"
+        );
+    }
+    // Every wrong result was caught.
+    let caught: usize = tasks
+        .iter()
+        .flat_map(|t| &t.attempts)
+        .filter(|a| a.outcome.as_deref() == Some("wrong_result"))
+        .count();
+    assert!(caught >= 1, "the liar won at least once");
+    let text = scrape(&requester).await;
+    assert_eq!(
+        sum_where(
+            &text,
+            "zerostate_economic_task_errors_total",
+            &[r#"error="wrong_result""#]
+        ),
+        caught as f64
+    );
+    // Its reputation fell, and it is banned: the last tasks went to the honest provider
+    // at the first attempt.
+    let (_, body) = get(&requester, "/api/v1/reputation").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let peers = v["peers"].as_array().unwrap();
+    let liar_rep = peers.iter().find(|p| p["peer_id"] == liar_id).unwrap();
+    assert!(liar_rep["score"].as_f64().unwrap() < 0.2, "{liar_rep}");
+    assert_eq!(liar_rep["banned"], true);
+    assert_eq!(liar_rep["successes"], 0);
+    let honest_rep = peers.iter().find(|p| p["peer_id"] == honest_id).unwrap();
+    assert!(honest_rep["score"].as_f64().unwrap() > 0.5, "{honest_rep}");
+    let last = tasks.last().unwrap();
+    assert_eq!(last.attempts.len(), 1, "{last:#?}");
+
+    // Reputation survives a restart.
+    let dir = dirs[0].path().to_owned();
+    requester.shutdown().await;
+    let mut config = test_config(&dir, vec![]);
+    market_config(&mut config, false);
+    let again = start(config).await;
+    let records = again.market().reputation().await.unwrap();
+    let liar_again = records.iter().find(|p| p.peer_id == liar_id).unwrap();
+    assert!(liar_again.banned && liar_again.failures >= 1);
+    for node in [again, honest, liar] {
+        node.shutdown().await;
+    }
+}
