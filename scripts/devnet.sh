@@ -15,6 +15,11 @@ DEVNET_STOP_TIMEOUT="${DEVNET_STOP_TIMEOUT:-10}"
 DEVNET_SCRAPE_INTERVAL="${DEVNET_SCRAPE_INTERVAL:-5s}"
 RULES_FILE="$REPO_ROOT/config/prometheus/rules.yml"
 LOG_TAIL_LINES=40
+# The tasks 'load' submits: pow and matmul in turn, small enough to run in
+# milliseconds, so the rate is limited by the market, not by the CPU.
+LOAD_KIND=mixed
+LOAD_DIFFICULTY=12
+LOAD_MATMUL_N=64
 
 usage() {
     cat <<EOF
@@ -33,12 +38,23 @@ Commands:
   down      SIGTERM the devnet's nodes (only pids that are still this
             devnet's zerostate processes), SIGKILL what is left after
             ${DEVNET_STOP_TIMEOUT}s. Safe to run repeatedly.
+  load [--rate R] [--duration SECONDS]
+            Run 'zerostate load' against the running devnet, one --data-dir
+            per running node: submit R tasks per second (default 2, may be
+            fractional) for SECONDS (default 30), round-robin over the nodes;
+            kinds $LOAD_KIND (pow difficulty $LOAD_DIFFICULTY, matmul n $LOAD_MATMUL_N).
+            Every node is requester and provider (never of its own tasks).
+            Prints a progress line every second, then 'summary: ...'; waits
+            up to 60s after SECONDS for tasks to end. Exits with zerostate's
+            status: 0 if no task failed and none is still running, else 1.
   help      Show this text.
 
 Environment:
   ZEROSTATE_BIN           zerostate binary to run. If unset, 'up' runs
                           'cargo build --release --bin zerostate' in the repo
-                          and uses target/release/zerostate.
+                          and uses target/release/zerostate; 'load' uses
+                          target/release/zerostate as it is and builds it only
+                          if it does not exist.
   DEVNET_DIR              devnet directory (default: <repo>/.devnet, now
                           $DEVNET_DIR). Node i uses DEVNET_DIR/node-i as its
                           data dir and DEVNET_DIR/node-i/node.log as its log;
@@ -51,7 +67,9 @@ Environment:
   ZEROSTATE_CONFIG        optional config file passed through to the nodes
 
 'up' and 'down' hold an exclusive lock on DEVNET_DIR/devnet.lock (flock) while
-they run; a second 'up' or 'down' on the same directory fails at once.
+they run; a second 'up' or 'down' on the same directory fails at once. 'load'
+takes no lock, and ignores ZEROSTATE_API_TOKEN (each node's token is read from
+its data dir).
 
 Requires: bash, curl, jq, flock (util-linux).
 EOF
@@ -355,18 +373,25 @@ show_log_tail() {
     printf -- '--- end of %s log ---\n\n' "$name" >&2
 }
 
+# resolve_bin [always|if-missing]: print the absolute path of the zerostate
+# binary: ZEROSTATE_BIN if set, else target/release/zerostate (under
+# CARGO_TARGET_DIR if set). 'always' (what 'up' does) runs cargo build first so
+# the devnet runs the current source; 'if-missing' builds only when the binary
+# does not exist yet, and otherwise uses it as it is.
 resolve_bin() {
-    local bin
+    local build="${1:-always}" bin
     if [[ -n "${ZEROSTATE_BIN:-}" ]]; then
         bin="$(command -v -- "$ZEROSTATE_BIN" 2>/dev/null)" ||
             die "ZEROSTATE_BIN=$ZEROSTATE_BIN: not found or not executable"
     else
-        need cargo
-        info "Building zerostate (cargo build --release --bin zerostate) ..." >&2
-        (cd "$REPO_ROOT" && cargo build --release --bin zerostate) >&2 9>&- ||
-            die "cargo build failed"
         bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/zerostate"
         [[ "$bin" == /* ]] || bin="$REPO_ROOT/$bin"
+        if [[ "$build" == always || ! -e "$bin" ]]; then
+            need cargo
+            info "Building zerostate (cargo build --release --bin zerostate) ..." >&2
+            (cd "$REPO_ROOT" && cargo build --release --bin zerostate) >&2 9>&- ||
+                die "cargo build failed"
+        fi
     fi
     [[ -x "$bin" && -f "$bin" ]] || die "$bin is not an executable file"
     # An absolute, canonical path: pid_is_node compares it with argv[0].
@@ -539,6 +564,7 @@ print_summary() {
     info "    --web.listen-address=127.0.0.1:9090"
     info ""
     info "Check it:  ${env_prefix}$SCRIPT_DIR/devnet.sh status"
+    info "Load it:   ${env_prefix}$SCRIPT_DIR/devnet.sh load [--rate R] [--duration SECONDS]"
     info "Stop it:   ${env_prefix}$SCRIPT_DIR/devnet.sh down"
 }
 
@@ -561,7 +587,7 @@ cmd_up() {
         die "a devnet is still running in $DEVNET_DIR ($RUNNING_DESC). Stop it first: $PROG down"
     fi
 
-    BIN="$(resolve_bin)"
+    BIN="$(resolve_bin always)"
     "$BIN" node --help >/dev/null 2>&1 || die "'$BIN node --help' failed; is this a zerostate binary?"
 
     # Stale state from an earlier devnet (nothing of it is running).
@@ -716,6 +742,74 @@ cmd_down() {
     fi
 }
 
+# --- load --------------------------------------------------------------------
+
+# positive_number S: true if S is a decimal number above 0 (2, 0.5, .5, 10.).
+positive_number() {
+    [[ "$1" =~ ^([0-9]+([.][0-9]*)?|[.][0-9]+)$ && "$1" =~ [1-9] ]]
+}
+
+cmd_load() {
+    local rate=2 duration=30
+    while (($# > 0)); do
+        case "$1" in
+            --rate | --duration)
+                (($# >= 2)) || die "load: $1 needs a value"
+                if [[ "$1" == --rate ]]; then rate="$2"; else duration="$2"; fi
+                shift 2
+                ;;
+            --rate=*) rate="${1#*=}"; shift ;;
+            --duration=*) duration="${1#*=}"; shift ;;
+            *) die "load: unknown argument '$1' (usage: $PROG load [--rate R] [--duration SECONDS])" ;;
+        esac
+    done
+    positive_number "$rate" ||
+        die "load: --rate must be a number of tasks per second above 0, got '$rate'"
+    [[ "$duration" =~ ^[1-9][0-9]*$ ]] ||
+        die "load: --duration must be a positive whole number of seconds, got '$duration'"
+    need jq
+
+    # Like 'status': the devnet is what the last successful 'up' recorded.
+    [[ -d "$DEVNET_DIR" ]] ||
+        die "no devnet is running: $DEVNET_DIR does not exist. Start one with: $PROG up"
+    DEVNET_DIR="$(cd -- "$DEVNET_DIR" && pwd -P)"
+    [[ -f "$DEVNET_DIR/nodes.json" ]] ||
+        die "no devnet is running in $DEVNET_DIR (no nodes.json; 'up' writes it once every node is ready). Start one with: $PROG up"
+
+    local name pid dir bin _rest
+    local -a args=() running=() dead=()
+    while IFS=$'\t' read -r name pid dir bin _rest; do
+        [[ -n "$name" ]] || continue
+        if pid_is_node "$pid" "$dir" "$bin"; then
+            running+=("$name")
+            args+=(--data-dir "$dir")
+        else
+            dead+=("$name")
+        fi
+    done < <(list_nodes)
+    ((${#running[@]} > 0)) ||
+        die "no devnet is running in $DEVNET_DIR: none of its nodes (${dead[*]:-none recorded}) is running. Start one with: $PROG up"
+    if ((${#dead[@]} > 0)); then
+        printf '%s: warning: not running, left out: %s\n' "$PROG" "${dead[*]}" >&2
+    fi
+    if ((${#running[@]} == 1)); then
+        printf '%s: warning: only %s is running, and a node never bids on its own tasks: expect every task to fail (no_bids)\n' \
+            "$PROG" "${running[0]}" >&2
+    fi
+
+    BIN="$(resolve_bin if-missing)"
+    "$BIN" load --help >/dev/null 2>&1 ||
+        die "'$BIN load --help' failed: this zerostate binary has no 'load' command. Rebuild it (cargo build --release --bin zerostate) or set ZEROSTATE_BIN"
+
+    info "Loading ${running[*]} in $DEVNET_DIR: $rate task(s)/s for ${duration}s ($LOAD_KIND: pow difficulty $LOAD_DIFFICULTY, matmul n $LOAD_MATMUL_N)"
+    # exec: zerostate's exit status is this script's, and Ctrl-C reaches it
+    # directly. Each node's token is read from its data dir; a token in the
+    # caller's environment would override them all, so it is cleared.
+    exec env -u ZEROSTATE_API_TOKEN "$BIN" load "${args[@]}" \
+        --rate "$rate" --duration "$duration" \
+        --kind "$LOAD_KIND" --difficulty "$LOAD_DIFFICULTY" --n "$LOAD_MATMUL_N"
+}
+
 # --- main --------------------------------------------------------------------
 
 main() {
@@ -733,6 +827,9 @@ main() {
         down)
             (($# == 0)) || die "down takes no arguments"
             cmd_down
+            ;;
+        load)
+            cmd_load "$@"
             ;;
         help | -h | --help)
             usage

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use zerostate::client::{Client, run_load};
 use zerostate::config::{Config, Overrides};
 use zerostate::identity;
+use zerostate::market::TaskRequest;
+use zerostate::market::wire::AuctionType;
 
 /// How long a graceful shutdown may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -33,6 +36,127 @@ enum Command {
     Id(DirArgs),
     /// Create a new identity key in the data dir (refuses to overwrite one).
     Keygen(DirArgs),
+    /// Submit, show and list tasks of a running node.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Show a running node's reputation of the peers that executed its tasks.
+    Reputation(ApiArgs),
+    /// Submit tasks at a steady rate to running nodes and show progress and latency.
+    Load(LoadArgs),
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Submit a task to the market; prints its id.
+    Submit(SubmitArgs),
+    /// Show a task: timeline, bids, winner, price, verification.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The task id (32 hex digits).
+        id: String,
+    },
+    /// List the node's tasks, newest first.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Skip this many tasks.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Show at most this many (1..=500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+/// Where the node's API is.
+#[derive(Args, Clone)]
+struct ApiArgs {
+    /// The node's data dir: the API address comes from its node.json, the token from its
+    /// api-token file [default: zerostate-data].
+    #[arg(long, value_name = "DIR", conflicts_with = "api")]
+    data_dir: Option<PathBuf>,
+    /// The API's URL, e.g. http://127.0.0.1:9464 (instead of --data-dir).
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// The API token (for submitting); read from the data dir if not given.
+    #[arg(
+        long,
+        env = "ZEROSTATE_API_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct TaskArgs {
+    /// Task kind.
+    #[arg(long, value_parser = ["pow", "matmul"])]
+    kind: String,
+    /// pow: leading zero bits wanted (1..=32).
+    #[arg(long)]
+    difficulty: Option<u32>,
+    /// pow: the input text (random if absent).
+    #[arg(long)]
+    input: Option<String>,
+    /// matmul: the matrix dimension (1..=512).
+    #[arg(long)]
+    n: Option<u32>,
+    /// The highest price to pay [default: the node's market.default_max_price].
+    #[arg(long)]
+    max_price: Option<u64>,
+    /// Auction type.
+    #[arg(long, value_parser = ["first-price", "second-price"], default_value = "second-price")]
+    auction: String,
+    /// Rank bids by price alone, without the node's reputation of the bidders.
+    #[arg(long)]
+    no_reputation_weighting: bool,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    task: TaskArgs,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// Data dir of a node to load; repeat for several (tasks go round-robin)
+    /// [default: zerostate-data].
+    #[arg(long, value_name = "DIR", conflicts_with = "api")]
+    data_dir: Vec<PathBuf>,
+    /// API URL of a node to load (instead of --data-dir); repeat for several.
+    #[arg(long, value_name = "URL")]
+    api: Vec<String>,
+    /// The API token for --api nodes.
+    #[arg(
+        long,
+        env = "ZEROSTATE_API_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Tasks submitted per second, over all nodes.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// How long to submit, in seconds.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Task kind: pow, matmul, or mixed (alternating).
+    #[arg(long, value_parser = ["pow", "matmul", "mixed"], default_value = "mixed")]
+    kind: String,
+    /// Difficulty of pow tasks.
+    #[arg(long, default_value_t = 12)]
+    difficulty: u32,
+    /// Dimension of matmul tasks.
+    #[arg(long, default_value_t = 64)]
+    n: u32,
+    /// Seconds to wait after the last submission for tasks to end.
+    #[arg(long, default_value_t = 60)]
+    drain: u64,
 }
 
 #[derive(Args)]
@@ -79,6 +203,9 @@ fn main() -> ExitCode {
         Command::Node(args) => run_node(args),
         Command::Id(args) => print_id(args),
         Command::Keygen(args) => keygen(args),
+        Command::Task(command) => run_client(task_command(command)),
+        Command::Reputation(api) => run_client(reputation(api)),
+        Command::Load(args) => run_client(load(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,6 +290,140 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             Some(reason) => Err(anyhow::anyhow!("the node failed: {reason}")),
         }
     })
+}
+
+fn run_client(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(fut)
+}
+
+fn client(api: &ApiArgs) -> anyhow::Result<Client> {
+    match &api.api {
+        Some(url) => Ok(Client::new(url, api.token.clone())),
+        None => {
+            let dir = api
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| Config::default().data_dir);
+            Ok(Client::from_data_dir(&dir, api.token.clone())?)
+        }
+    }
+}
+
+fn task_request(t: &TaskArgs) -> TaskRequest {
+    TaskRequest {
+        kind: t.kind.clone(),
+        difficulty: t.difficulty,
+        input: t.input.clone(),
+        n: t.n,
+        max_price: t.max_price,
+        auction_type: Some(if t.auction == "first-price" {
+            AuctionType::FirstPrice
+        } else {
+            AuctionType::SecondPrice
+        }),
+        reputation_weighted: t.no_reputation_weighting.then_some(false),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn task_command(command: TaskCommand) -> anyhow::Result<()> {
+    match command {
+        TaskCommand::Submit(args) => {
+            let request = task_request(&args.task);
+            request.validate().map_err(anyhow::Error::msg)?;
+            println!("{}", client(&args.api)?.submit(&request).await?);
+            Ok(())
+        }
+        TaskCommand::Show { api, id } => print_json(&client(&api)?.task(&id).await?),
+        TaskCommand::List { api, offset, limit } => {
+            print_json(&client(&api)?.tasks(offset, limit).await?)
+        }
+    }
+}
+
+async fn reputation(api: ApiArgs) -> anyhow::Result<()> {
+    print_json(&client(&api)?.reputation().await?)
+}
+
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rate > 0.0 && args.rate <= 10_000.0,
+        "--rate must be above 0 and at most 10000 tasks per second"
+    );
+    let clients: Vec<Client> = if !args.api.is_empty() {
+        args.api
+            .iter()
+            .map(|u| Client::new(u, args.token.clone()))
+            .collect()
+    } else {
+        let dirs = if args.data_dir.is_empty() {
+            vec![Config::default().data_dir]
+        } else {
+            args.data_dir.clone()
+        };
+        dirs.iter()
+            .map(|d| Client::from_data_dir(d, args.token.clone()))
+            .collect::<Result<_, _>>()?
+    };
+    let kinds: Vec<&str> = match args.kind.as_str() {
+        "mixed" => vec!["pow", "matmul"],
+        k => vec![k],
+    };
+    let (difficulty, n) = (args.difficulty, args.n);
+    let make = |i: usize| {
+        let pow = kinds[i % kinds.len()] == "pow";
+        TaskRequest {
+            kind: kinds[i % kinds.len()].to_owned(),
+            difficulty: pow.then_some(difficulty),
+            input: None,
+            n: (!pow).then_some(n),
+            max_price: None,
+            // Both kinds meet both auction types.
+            auction_type: Some(if (i / 2).is_multiple_of(2) {
+                AuctionType::SecondPrice
+            } else {
+                AuctionType::FirstPrice
+            }),
+            reputation_weighted: None,
+        }
+    };
+    make(0).validate().map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "loading {} node(s) at {}/s for {} s",
+        clients.len(),
+        args.rate,
+        args.duration
+    );
+    let stats = run_load(
+        &clients,
+        args.rate,
+        Duration::from_secs(args.duration),
+        Duration::from_secs(args.drain),
+        make,
+        |s, t| eprintln!("t={:>4}s {}", t.as_secs(), s.line()),
+    )
+    .await;
+    println!("summary: {}", stats.line());
+    anyhow::ensure!(
+        stats.failed == 0 && stats.running() == 0 && stats.submitted > 0,
+        "{} task(s) failed, {} still running, {} submitted",
+        stats.failed,
+        stats.running(),
+        stats.submitted
+    );
+    Ok(())
 }
 
 /// The log filter of `log`, with one addition: libp2p-identify logs every change of a

@@ -110,7 +110,7 @@ impl MarketMetrics {
         );
         e.register(
             "bids",
-            "Bids, by auction type and outcome (sent, won, lost: as bidder; accepted, refused: as requester)",
+            "Bids, by auction type and outcome (as bidder: sent = delivered to the requester, undelivered, won, lost; as requester: accepted, refused)",
             m.bids.clone(),
         );
         e.register(

@@ -218,6 +218,11 @@ enum Job {
         auction: AuctionId,
         result: Result<(), &'static str>,
     },
+    BidSent {
+        auction: AuctionId,
+        auction_type: &'static str,
+        delivered: bool,
+    },
     Done,
 }
 
@@ -849,21 +854,42 @@ impl MarketActor {
         let requester = a.requester;
         let auction_type = a.auction_type.label();
         let reserve = Duration::from_millis(a.bid_deadline_ms.saturating_sub(now)) + AWARD_GRACE;
-        self.metrics.bid(auction_type, "sent");
         let frame = Request::Bid(bid.bytes.clone()).encode();
         self.pending_bids
             .insert(auction, PendingBid { bid, announcement });
         let p2p = self.p2p.clone();
         self.jobs.spawn(async move {
-            match p2p.request::<Market>(requester, frame).await {
-                Ok(bytes) => match wire::decode_response(&bytes) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(reason)) => tracing::debug!(%auction, reason, "bid refused"),
-                    Err(e) => tracing::debug!(%auction, error = %e, "bad answer to bid"),
-                },
-                Err(e) => tracing::debug!(%auction, error = %e, "bid not delivered"),
+            // A provider is rarely connected to every requester: find it first.
+            let delivered = match p2p.connect(requester).await {
+                Err(e) => Err(format!("requester unreachable: {e}")),
+                Ok(()) => p2p
+                    .request::<Market>(requester, frame)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        wire::decode_response(&bytes).map_err(|e| format!("bad answer: {e}"))
+                    }),
+            };
+            let refused = match delivered {
+                Ok(Ok(())) => None,
+                Ok(Err(reason)) => Some(reason),
+                Err(e) => {
+                    tracing::debug!(%auction, error = e, "bid not delivered");
+                    return Job::BidSent {
+                        auction,
+                        auction_type,
+                        delivered: false,
+                    };
+                }
+            };
+            if let Some(reason) = refused {
+                tracing::debug!(%auction, reason, "bid refused");
             }
-            Job::Done
+            Job::BidSent {
+                auction,
+                auction_type,
+                delivered: true,
+            }
         });
         self.jobs.spawn(after(reserve, Timer::BidExpiry(auction)));
     }
@@ -873,6 +899,19 @@ impl MarketActor {
     fn on_job(&mut self, job: Job) {
         match job {
             Job::Done => {}
+            Job::BidSent {
+                auction,
+                auction_type,
+                delivered,
+            } => {
+                if delivered {
+                    self.metrics.bid(auction_type, "sent");
+                } else {
+                    // Never reached the requester: free the capacity it reserved.
+                    self.metrics.bid(auction_type, "undelivered");
+                    self.pending_bids.remove(&auction);
+                }
+            }
             Job::Timer(Timer::BidDeadline(auction)) => self.close_auction(auction),
             Job::Timer(Timer::ResultDeadline(auction)) => {
                 if matches!(
@@ -1290,6 +1329,10 @@ impl Execution {
             },
         );
         let frame = Request::Result(result.bytes).encode();
+        self.p2p
+            .connect(a.requester)
+            .await
+            .map_err(|e| format!("requester unreachable: {e}"))?;
         let answer = self
             .p2p
             .request::<Market>(a.requester, frame)

@@ -41,6 +41,8 @@ const TICK: Duration = Duration::from_millis(250);
 const ENOUGH_PROVIDERS: usize = 8;
 /// Provider records are accepted only for keys of this length (a BLAKE3 digest).
 const CONTENT_KEY_LEN: usize = crate::content_id::DIGEST_LEN;
+/// Most peers being connected to through [`Command::Connect`] at once.
+const MAX_PENDING_CONNECTS: usize = 256;
 /// Most listen addresses of one identify message looked at.
 const MAX_ANNOUNCED_ADDRS: usize = 32;
 
@@ -74,6 +76,9 @@ pub struct EventLoop {
     address_book: AddressBook,
     content_requests: HashMap<OutboundRequestId, Reply<ContentResponse>>,
     market_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
+    /// Callers waiting for a connection to a peer, and the lookups finding its addresses.
+    connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    peer_lookups: HashMap<kad::QueryId, PeerId>,
     bootstrap: Bootstrap,
     allow_private_addrs: bool,
 }
@@ -129,6 +134,8 @@ impl EventLoop {
             address_book: AddressBook::default(),
             content_requests: HashMap::new(),
             market_requests: HashMap::new(),
+            connects: HashMap::new(),
+            peer_lookups: HashMap::new(),
             bootstrap,
             allow_private_addrs: config.allow_private_addrs,
         };
@@ -260,6 +267,7 @@ impl EventLoop {
                     .send_request(&peer, request);
                 self.market_requests.insert(id, reply);
             }
+            Command::Connect(peer, reply) => self.connect(peer, reply),
             Command::Dial(addr, reply) => {
                 let result = match addr.iter().last() {
                     Some(Protocol::P2p(_)) => self.swarm.dial(addr).map_err(|e| e.to_string()),
@@ -369,6 +377,7 @@ impl EventLoop {
                 let addr = endpoint.get_remote_address().clone();
                 tracing::debug!(peer = %peer_id, %addr, "connection established");
                 self.monitor.on_connected(peer_id, addr, Instant::now());
+                self.connected(&peer_id, Ok(()));
                 if self.bootstrap.connected(&peer_id, Instant::now()) {
                     self.metrics.bootstrap_dial("connected");
                     tracing::info!(peer = %peer_id, "connected to bootstrap peer");
@@ -403,6 +412,9 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "outgoing connection failed");
+                if !self.swarm.is_connected(&peer) {
+                    self.connected(&peer, Err(format!("dial failed: {error}")));
+                }
                 if self.bootstrap.is_dialing(&peer) {
                     self.bootstrap_failed(peer);
                 }
@@ -626,6 +638,84 @@ impl EventLoop {
         }
     }
 
+    /// Connects to `peer` (see [`Command::Connect`]).
+    fn connect(&mut self, peer: PeerId, reply: oneshot::Sender<Result<(), String>>) {
+        if self.swarm.is_connected(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if let Some(waiting) = self.connects.get_mut(&peer) {
+            waiting.push(reply);
+            return;
+        }
+        if self.connects.len() >= MAX_PENDING_CONNECTS {
+            let _ = reply.send(Err("too many connections being set up".into()));
+            return;
+        }
+        self.connects.insert(peer, vec![reply]);
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.peer_lookups.insert(query, peer);
+    }
+
+    /// Answers everyone waiting for a connection to `peer`.
+    fn connected(&mut self, peer: &PeerId, result: Result<(), String>) {
+        for reply in self.connects.remove(peer).unwrap_or_default() {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    /// A lookup for a peer's addresses progressed: dial what it found (filtered like every
+    /// announced address, at most [`MAX_ADDRS_PER_PEER`]), or give up.
+    fn on_peer_lookup(
+        &mut self,
+        query: kad::QueryId,
+        result: kad::GetClosestPeersResult,
+        last: bool,
+    ) {
+        let Some(&peer) = self.peer_lookups.get(&query) else {
+            return;
+        };
+        let found = match result {
+            Ok(kad::GetClosestPeersOk { peers, .. })
+            | Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
+                peers.into_iter().find(|p| p.peer_id == peer)
+            }
+        };
+        let allow_private = self.allow_private_addrs;
+        let addrs: Vec<Multiaddr> = found
+            .map(|p| p.addrs)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| dialable(a, allow_private))
+            .map(|a| without_peer_id(&a))
+            .take(MAX_ADDRS_PER_PEER)
+            .collect();
+        if addrs.is_empty() && !last {
+            return;
+        }
+        self.peer_lookups.remove(&query);
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+            q.finish();
+        }
+        if self.swarm.is_connected(&peer) {
+            self.connected(&peer, Ok(()));
+            return;
+        }
+        if addrs.is_empty() {
+            self.connected(&peer, Err("no address found for the peer".into()));
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts)
+            && !matches!(e, DialError::DialPeerConditionFalse(_))
+        {
+            self.connected(&peer, Err(format!("cannot dial: {e}")));
+        }
+    }
+
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
         let protocols = info.protocols.iter().map(ToString::to_string).collect();
@@ -675,6 +765,12 @@ impl EventLoop {
                 step,
                 ..
             } => self.on_providers(id, result, step.last),
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            } => self.on_peer_lookup(id, result, step.last),
             kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::Bootstrap(Err(e)),
                 ..

@@ -32,6 +32,9 @@ pub enum Command {
     FindProviders(ContentId, oneshot::Sender<Vec<PeerId>>),
     /// Send a request to a peer over one of our request-response protocols.
     Request(Outbound),
+    /// Make sure there is a connection to a peer: now, or after finding its addresses
+    /// through Kademlia and dialing them. The answer comes once connected or failed.
+    Connect(PeerId, oneshot::Sender<Result<(), String>>),
     /// Dial an address (must end in `/p2p/<peer id>`).
     Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
     /// Add a peer to the block list and disconnect it.
@@ -207,6 +210,14 @@ impl P2pHandle {
             HandleError::Stopped => RequestError::Stopped,
             HandleError::Timeout(_) => RequestError::Timeout,
         })?
+    }
+
+    /// Connects to `peer` unless already connected, finding its addresses through Kademlia
+    /// if needed. `Err` says why not (not found, dial failed).
+    pub async fn connect(&self, peer: PeerId) -> Result<(), String> {
+        self.ask_within(NETWORK_TIMEOUT, |tx| Command::Connect(peer, tx))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// Monitored peers: state, addresses, protocols, RTT.

@@ -63,7 +63,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "p2p" => &["content_id", "metrics"],
         "content" => &["content_id", "metrics", "p2p"],
         "market" => &["content", "content_id", "identity", "metrics", "p2p"],
-        "http" | "config" | "node" => return None,
+        "http" | "config" | "node" | "client" => return None,
         other => panic!("module `{other}` has no place in the layering; add it to this test"),
     })
 }

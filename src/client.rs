@@ -1,0 +1,305 @@
+//! A client of a node's HTTP API, used by the `zerostate task`, `reputation` and `load`
+//! commands: find the node (from its data dir or a URL), submit tasks, read them, and drive
+//! a steady load.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::identity::TOKEN_FILE;
+use crate::market::{PeerReputation, TaskPage, TaskRequest, TaskView};
+use crate::node::NODE_INFO_FILE;
+
+/// Why a call to a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node's data dir does not say where it listens.
+    #[error(
+        "cannot read {path}: {reason} (is a node running with this data dir? start one with `zerostate node --data-dir ...`)"
+    )]
+    NodeInfo {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The node could not be reached.
+    #[error("cannot reach the node at {url}: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The node answered with an error.
+    #[error("the node answered {status}: {message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// Its `error` message.
+        message: String,
+    },
+}
+
+/// One node's API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct NodeInfo {
+    http: String,
+}
+
+#[derive(Deserialize)]
+struct Submitted {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct Reputation {
+    peers: Vec<PeerReputation>,
+}
+
+impl Client {
+    /// A client of the API at `base` (e.g. `http://127.0.0.1:9464`), with the API token for
+    /// state-changing calls.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    /// A client of the node running with `data_dir`: the address from its `node.json`, the
+    /// token from its token file (if readable) unless `token` is given.
+    pub fn from_data_dir(data_dir: &Path, token: Option<String>) -> Result<Self, ClientError> {
+        let path = data_dir.join(NODE_INFO_FILE);
+        let info: NodeInfo = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|reason| ClientError::NodeInfo {
+                path: path.display().to_string(),
+                reason,
+            })?;
+        let token = token.or_else(|| {
+            std::fs::read_to_string(data_dir.join(TOKEN_FILE))
+                .ok()
+                .map(|t| t.trim().to_owned())
+        });
+        Ok(Self::new(&format!("http://{}", info.http), token))
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Api {
+            status: status.as_u16(),
+            message: format!("unexpected answer: {e}"),
+        })
+    }
+
+    /// Submits a task; returns its id.
+    pub async fn submit(&self, request: &TaskRequest) -> Result<String, ClientError> {
+        let url = format!("{}/api/v1/tasks", self.base);
+        let s: Submitted = self.call(self.http.post(url).json(request)).await?;
+        Ok(s.id)
+    }
+
+    /// A task.
+    pub async fn task(&self, id: &str) -> Result<TaskView, ClientError> {
+        let url = format!("{}/api/v1/tasks/{id}", self.base);
+        self.call(self.http.get(url)).await
+    }
+
+    /// A page of tasks, newest first.
+    pub async fn tasks(&self, offset: usize, limit: usize) -> Result<TaskPage, ClientError> {
+        let url = format!("{}/api/v1/tasks?offset={offset}&limit={limit}", self.base);
+        self.call(self.http.get(url)).await
+    }
+
+    /// The node's reputation records.
+    pub async fn reputation(&self) -> Result<Vec<PeerReputation>, ClientError> {
+        let url = format!("{}/api/v1/reputation", self.base);
+        let r: Reputation = self.call(self.http.get(url)).await?;
+        Ok(r.peers)
+    }
+}
+
+/// Counts of a load run, and latencies of finished tasks.
+#[derive(Debug, Default, Clone)]
+pub struct LoadStats {
+    /// Tasks submitted.
+    pub submitted: usize,
+    /// Submissions the node refused.
+    pub refused: usize,
+    /// Tasks that succeeded.
+    pub completed: usize,
+    /// Tasks that failed or timed out.
+    pub failed: usize,
+    /// Submit-to-verified latencies of the tasks that succeeded, milliseconds, unsorted.
+    pub latencies_ms: Vec<u64>,
+}
+
+impl LoadStats {
+    /// Tasks not finished yet.
+    pub fn running(&self) -> usize {
+        self.submitted - self.completed - self.failed
+    }
+
+    /// The `q`-quantile (0..=1) of the latencies, nearest rank.
+    pub fn quantile_ms(&self, q: f64) -> Option<u64> {
+        let mut l = self.latencies_ms.clone();
+        if l.is_empty() {
+            return None;
+        }
+        l.sort_unstable();
+        let rank = ((q * l.len() as f64).ceil() as usize).clamp(1, l.len());
+        Some(l[rank - 1])
+    }
+
+    /// One line: counts and p50/p99.
+    pub fn line(&self) -> String {
+        let q = |q| self.quantile_ms(q).map_or("-".into(), |v| v.to_string());
+        format!(
+            "submitted={} completed={} failed={} running={} refused={} p50_ms={} p99_ms={}",
+            self.submitted,
+            self.completed,
+            self.failed,
+            self.running(),
+            self.refused,
+            q(0.5),
+            q(0.99)
+        )
+    }
+}
+
+/// Submits `make(i)` at `rate` per second for `duration`, round-robin over `clients`,
+/// polls every task until it ends (at most `drain` after the last submission), and calls
+/// `progress` about once a second.
+pub async fn run_load(
+    clients: &[Client],
+    rate: f64,
+    duration: Duration,
+    drain: Duration,
+    make: impl Fn(usize) -> TaskRequest,
+    mut progress: impl FnMut(&LoadStats, Duration),
+) -> LoadStats {
+    let mut stats = LoadStats::default();
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut next_submit = tokio::time::Instant::now();
+    let mut next_report = started + Duration::from_secs(1);
+    let mut next_poll = tokio::time::Instant::now();
+    // (client index, task id, submitted at)
+    let mut open: Vec<(usize, String, Instant)> = Vec::new();
+    let mut i = 0;
+    loop {
+        let submitting = started.elapsed() < duration;
+        if !submitting && (open.is_empty() || started.elapsed() >= duration + drain) {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        if submitting && now >= next_submit {
+            let c = i % clients.len().max(1);
+            match clients[c].submit(&make(i)).await {
+                Ok(id) => {
+                    stats.submitted += 1;
+                    open.push((c, id, Instant::now()));
+                }
+                Err(e) => {
+                    stats.refused += 1;
+                    tracing::warn!(error = %e, "submission refused");
+                }
+            }
+            i += 1;
+            next_submit += interval;
+            continue;
+        }
+        if now >= next_poll {
+            let mut still = Vec::with_capacity(open.len());
+            for (c, id, at) in open.drain(..) {
+                match clients[c].task(&id).await {
+                    Ok(t) if t.status == "success" => {
+                        stats.completed += 1;
+                        stats.latencies_ms.push(at.elapsed().as_millis() as u64);
+                    }
+                    Ok(t) if t.status != "running" => stats.failed += 1,
+                    _ => still.push((c, id, at)),
+                }
+            }
+            open = still;
+            next_poll = tokio::time::Instant::now() + Duration::from_millis(100);
+        }
+        if Instant::now() >= next_report {
+            progress(&stats, started.elapsed());
+            next_report += Duration::from_secs(1);
+        }
+        let wake = if submitting {
+            next_submit.min(next_poll)
+        } else {
+            next_poll
+        };
+        tokio::time::sleep_until(wake).await;
+    }
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let stats = LoadStats {
+            submitted: 4,
+            completed: 4,
+            latencies_ms: vec![40, 10, 30, 20],
+            ..LoadStats::default()
+        };
+        assert_eq!(stats.quantile_ms(0.5), Some(20));
+        assert_eq!(stats.quantile_ms(0.99), Some(40));
+        assert_eq!(LoadStats::default().quantile_ms(0.5), None);
+        assert!(stats.line().contains("p50_ms=20 p99_ms=40"));
+    }
+}
