@@ -15,7 +15,9 @@ use std::collections::HashSet;
 
 use libp2p::PeerId;
 
-use super::wire::{Announcement, AuctionType, Award, Bid, NEUTRAL_WEIGHT, Refusal, Signed, WEIGHT};
+use super::wire::{
+    Announcement, AuctionType, Award, Bid, MAX_BID_TTL_MS, NEUTRAL_WEIGHT, Refusal, Signed, WEIGHT,
+};
 
 /// The weight (per mille) of a bidder with reputation `score` in `[0, 1]`: 500 for a perfect
 /// score, 1000 for a neutral one (0.5), 1500 for the worst.
@@ -141,6 +143,9 @@ impl AuctionBook {
         }
         if b.expires_at_ms < now_ms || b.expires_at_ms < a.bid_deadline_ms {
             return Err(Refusal::Expired);
+        }
+        if b.expires_at_ms > a.bid_deadline_ms.saturating_add(MAX_BID_TTL_MS) {
+            return Err(Refusal::BadField);
         }
         if b.price > a.max_price {
             return Err(Refusal::AboveMaxPrice);
@@ -358,6 +363,8 @@ mod tests {
         wrong_requester.requester = other.public().to_peer_id();
         let mut expiring = good.body.clone();
         expiring.expires_at_ms = a.bid_deadline_ms - 1;
+        let mut forever = good.body.clone();
+        forever.expires_at_ms = u64::MAX;
         let cases = [
             (bid(&wrong_auction, &p, 10), 1_500, Refusal::UnknownAuction),
             (
@@ -368,6 +375,7 @@ mod tests {
             (bid(&a, &p, 101), 1_500, Refusal::AboveMaxPrice),
             (good.clone(), 2_001, Refusal::AfterDeadline),
             (sign(&p, expiring), 1_500, Refusal::Expired),
+            (sign(&p, forever), 1_500, Refusal::BadField),
         ];
         for (b, now, want) in cases {
             assert_eq!(book.offer(b, 1000, now), Err(want));

@@ -145,7 +145,7 @@ impl MarketMetrics {
         );
         e.register(
             "task_errors",
-            "Failed task attempts of this node, by type and error (no_bids, award_refused, unreachable, timeout, wrong_result, fetch_failed)",
+            "Failed task attempts of this node, by type and error (no_bids, award_refused, unreachable, timeout, wrong_result, fetch_failed, verify_timeout, verify_failed, input_failed)",
             m.task_errors.clone(),
         );
         e.register(
@@ -165,7 +165,7 @@ impl MarketMetrics {
         );
         e.register(
             "average_task_duration",
-            "Mean time from award to verified result of each peer's tasks, seconds (capped)",
+            "Mean time from award to verified result, or to failure, of each peer's tasks, seconds (capped)",
             m.average_task_duration.clone(),
         );
         e.register(
@@ -276,6 +276,22 @@ impl MarketMetrics {
         self.average_task_cost
             .get_or_create(&label)
             .set(record.mean_cost());
+    }
+
+    /// A peer's score changed without a task ending (decay, a protocol violation).
+    pub fn peer_score(&mut self, peer: PeerId, score: f64) {
+        if let Some(evicted) = self.peers.touch(peer) {
+            self.remove_peer_series(&evicted);
+        }
+        let label = PeerLabel {
+            peer_id: peer.to_string(),
+        };
+        self.reputation_scores.get_or_create(&label).set(score);
+    }
+
+    /// The peers that have series now.
+    pub fn tracked_peers(&self) -> Vec<PeerId> {
+        self.peers.keys()
     }
 
     fn remove_peer_series(&self, peer: &PeerId) {

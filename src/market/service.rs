@@ -133,6 +133,8 @@ enum Phase {
 /// An auction this node runs.
 struct Running {
     task: AuctionId,
+    /// The announcement as signed and published, embedded byte for byte in the award.
+    signed: Signed<Announcement>,
     book: AuctionBook,
     announced_at: Instant,
     phase: Phase,
@@ -141,6 +143,7 @@ struct Running {
 /// A task of this node.
 struct Task {
     id: AuctionId,
+    kind: &'static str,
     spec: TaskSpec,
     auction_type: AuctionType,
     max_price: u64,
@@ -164,7 +167,7 @@ impl Task {
     fn view(&self) -> TaskView {
         TaskView {
             id: self.id.to_string(),
-            kind: self.spec.kind().to_owned(),
+            kind: self.kind.to_owned(),
             auction_type: self.auction_type,
             max_price: self.max_price,
             status: self.status.to_owned(),
@@ -206,7 +209,7 @@ enum Job {
     },
     AwardDelivered {
         auction: AuctionId,
-        result: Result<(), String>,
+        result: Result<(), (&'static str, String)>,
     },
     Executed {
         auction: AuctionId,
@@ -216,7 +219,7 @@ enum Job {
     },
     Verified {
         auction: AuctionId,
-        result: Result<(), &'static str>,
+        result: Result<(), Failure>,
     },
     BidSent {
         auction: AuctionId,
@@ -334,7 +337,12 @@ impl MarketActor {
                     }
                     Err(_) => {}
                 },
-                _ = persist.tick(), if self.dirty => self.persist(),
+                _ = persist.tick() => {
+                    self.refresh_peer_gauges();
+                    if self.dirty {
+                        self.persist();
+                    }
+                }
             }
         }
         self.jobs.shutdown().await;
@@ -345,6 +353,16 @@ impl MarketActor {
             }
         }
         tracing::debug!("market service stopped");
+    }
+
+    /// Scores decay with time: the gauges of the tracked peers follow.
+    fn refresh_peer_gauges(&mut self) {
+        let now = now_ms();
+        for peer in self.metrics.tracked_peers() {
+            if let Some(record) = self.reputation.record(&peer, now) {
+                self.metrics.peer_score(peer, record.score);
+            }
+        }
     }
 
     fn persist(&mut self) {
@@ -459,6 +477,7 @@ impl MarketActor {
         };
         let mut task = Task {
             id,
+            kind,
             spec: placeholder,
             auction_type,
             max_price,
@@ -535,6 +554,7 @@ impl MarketActor {
             auction,
             Running {
                 task: task_id,
+                signed: signed.clone(),
                 book: AuctionBook::new(announcement, task.excluded.clone()),
                 announced_at: Instant::now(),
                 phase: Phase::Bidding,
@@ -586,6 +606,7 @@ impl MarketActor {
     fn penalise(&mut self, peer: PeerId) {
         let update = self.reputation.misbehaved(peer, now_ms());
         self.dirty = true;
+        self.metrics.peer_score(peer, update.record.score);
         if update.banned {
             self.ban(peer, self.config.reputation.ban_secs * 1000);
         }
@@ -607,7 +628,9 @@ impl MarketActor {
         let auction_type = running.book.announcement().auction_type.label();
         let banned = self.reputation.is_banned(&bid.body.bidder, now);
         let weight = weight_for(self.reputation.score(&bid.body.bidder, now));
-        let result = if banned || bid.signer != peer {
+        let result = if bid.signer != peer {
+            Err(Refusal::WrongSigner)
+        } else if banned {
             Err(Refusal::Excluded)
         } else {
             running.book.offer(bid.clone(), weight, now)
@@ -647,10 +670,14 @@ impl MarketActor {
         let award = open::<Award>(bytes)
             .and_then(|a| verify_award(&a.body).map(|()| a))
             .and_then(|a| {
+                // The award must be for the bid we made on the announcement we saw.
                 let mine = self
                     .pending_bids
                     .get(&a.body.auction_id())
-                    .is_some_and(|p| p.bid.bytes == a.body.winner_bid.bytes);
+                    .is_some_and(|p| {
+                        p.bid.bytes == a.body.winner_bid.bytes
+                            && p.announcement.bytes == a.body.announcement.bytes
+                    });
                 if a.body.winner() != self.local || !mine {
                     Err(Refusal::NotWinner)
                 } else if a.signer != peer {
@@ -741,7 +768,7 @@ impl MarketActor {
         self.jobs.spawn(async move {
             let result = tokio::time::timeout(limit, verify(spec, output, content))
                 .await
-                .unwrap_or(Err("verify_timeout"));
+                .unwrap_or(Err(Failure::provider("verify_timeout")));
             Job::Verified { auction, result }
         });
         Ok(())
@@ -775,7 +802,9 @@ impl MarketActor {
     }
 
     fn on_auction_result(&mut self, data: &[u8]) -> Verdict {
-        let award = open::<Award>(data).and_then(|a| verify_award(&a.body).map(|()| a));
+        let award = open::<Award>(data)
+            .and_then(|a| a.body.check_fresh(now_ms()).map(|()| a))
+            .and_then(|a| verify_award(&a.body).map(|()| a));
         let award = match award {
             Ok(a) => a,
             Err(r) => {
@@ -906,10 +935,9 @@ impl MarketActor {
             } => {
                 if delivered {
                     self.metrics.bid(auction_type, "sent");
-                } else {
+                } else if self.pending_bids.remove(&auction).is_some() {
                     // Never reached the requester: free the capacity it reserved.
                     self.metrics.bid(auction_type, "undelivered");
-                    self.pending_bids.remove(&auction);
                 }
             }
             Job::Timer(Timer::BidDeadline(auction)) => self.close_auction(auction),
@@ -946,7 +974,8 @@ impl MarketActor {
                     }
                     Err(e) => {
                         tracing::warn!(task = %task, error = %e, "cannot prepare task");
-                        self.metrics.task_error("matmul", "input_failed");
+                        let kind = self.tasks.get(&task).map_or("matmul", |t| t.kind);
+                        self.metrics.task_error(kind, "input_failed");
                         self.finish(task, "failed", Some("input_failed"), None);
                     }
                 }
@@ -957,13 +986,13 @@ impl MarketActor {
                         t.log("award accepted".into());
                     }
                 }
-                Err(error) => {
+                Err((error, detail)) => {
                     if matches!(
                         self.running.get(&auction).map(|r| &r.phase),
                         Some(Phase::Awarded { .. })
                     ) {
-                        tracing::debug!(%auction, error, "award not accepted");
-                        self.attempt_failed(auction, "award_refused", true);
+                        tracing::debug!(%auction, error, detail, "award not accepted");
+                        self.attempt_failed(auction, error, true);
                     }
                 }
             },
@@ -983,7 +1012,7 @@ impl MarketActor {
             }
             Job::Verified { auction, result } => match result {
                 Ok(()) => self.attempt_succeeded(auction),
-                Err(error) => self.attempt_failed(auction, error, true),
+                Err(f) => self.attempt_failed(auction, f.error, f.blame),
             },
         }
     }
@@ -1009,7 +1038,7 @@ impl MarketActor {
         self.metrics.auction(auction_type, "closed");
         let winner = selection.winner.bid.body.bidder;
         let award = Award {
-            announcement: sign(&self.key, announcement.clone()),
+            announcement: running.signed.clone(),
             winner_bid: selection.winner.bid.clone(),
             runner_up_bid: selection.runner_up.as_ref().map(|e| e.bid.clone()),
             price: selection.price,
@@ -1045,12 +1074,12 @@ impl MarketActor {
         self.jobs.spawn(async move {
             let sent = tokio::time::timeout(limit, p2p.request::<Market>(winner, frame)).await;
             let result = match sent {
-                Err(_) => Err("timeout".to_owned()),
-                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(("unreachable", "no answer in time".to_owned())),
+                Ok(Err(e)) => Err(("unreachable", e.to_string())),
                 Ok(Ok(bytes)) => match wire::decode_response(&bytes) {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(reason)) => Err(reason),
-                    Err(e) => Err(e.to_string()),
+                    Ok(Err(reason)) => Err(("award_refused", reason)),
+                    Err(e) => Err(("award_refused", e.to_string())),
                 },
             };
             Job::AwardDelivered { auction, result }
@@ -1166,7 +1195,7 @@ impl MarketActor {
         if let Some(e) = error {
             t.log(format!("task {status}: {e}"));
         }
-        self.metrics.task_completed(t.spec.kind(), status, cost);
+        self.metrics.task_completed(t.kind, status, cost);
     }
 }
 
@@ -1206,47 +1235,63 @@ async fn prepare(request: TaskRequest, content: ContentService) -> Result<TaskSp
     }
 }
 
-/// Checks a result against the task: one hash for pow, Freivalds for matmul.
-async fn verify(
-    spec: TaskSpec,
-    output: Output,
-    content: ContentService,
-) -> Result<(), &'static str> {
+/// Why an attempt failed, and whether the provider is to blame.
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    error: &'static str,
+    blame: bool,
+}
+
+impl Failure {
+    fn provider(error: &'static str) -> Self {
+        Self { error, blame: true }
+    }
+
+    fn ours(error: &'static str) -> Self {
+        Self {
+            error,
+            blame: false,
+        }
+    }
+}
+
+/// Checks a result against the task: one hash for pow, Freivalds for matmul. Problems with
+/// our own inputs are not the provider's fault.
+async fn verify(spec: TaskSpec, output: Output, content: ContentService) -> Result<(), Failure> {
     match (spec, output) {
         (TaskSpec::Pow { input, difficulty }, Output::PowNonce(nonce)) => {
             if pow_verify(&input, difficulty, nonce) {
                 Ok(())
             } else {
-                Err("wrong_result")
+                Err(Failure::provider("wrong_result"))
             }
         }
         (TaskSpec::Matmul { n, a, b }, Output::MatmulProduct(c)) => {
-            let (a, b, c) = futures::try_join!(
-                content.get(a, true),
-                content.get(b, true),
-                content.get(c, true)
-            )
-            .map_err(|_| "fetch_failed")?;
+            let (a, b) = futures::try_join!(content.get(a, true), content.get(b, true))
+                .map_err(|_| Failure::ours("input_failed"))?;
+            let c = content
+                .get(c, true)
+                .await
+                .map_err(|_| Failure::provider("fetch_failed"))?;
             let n = n as usize;
             tokio::task::spawn_blocking(move || {
                 let parse = |bytes: &Bytes| Matrix::from_bytes(n, bytes);
-                let (a, b) = match (parse(&a), parse(&b)) {
-                    (Ok(a), Ok(b)) => (a, b),
-                    _ => return Err("input_failed"),
+                let (Ok(a), Ok(b)) = (parse(&a), parse(&b)) else {
+                    return Err(Failure::ours("input_failed"));
                 };
                 let Ok(c) = parse(&c) else {
-                    return Err("wrong_result");
+                    return Err(Failure::provider("wrong_result"));
                 };
                 if freivalds(&a, &b, &c, &mut rand::thread_rng()) {
                     Ok(())
                 } else {
-                    Err("wrong_result")
+                    Err(Failure::provider("wrong_result"))
                 }
             })
             .await
-            .unwrap_or(Err("verify_failed"))
+            .unwrap_or(Err(Failure::ours("verify_failed")))
         }
-        _ => Err("wrong_result"),
+        _ => Err(Failure::provider("wrong_result")),
     }
 }
 

@@ -104,15 +104,13 @@ pub enum Refusal {
     BadBids,
     /// An award for a bid this node did not make.
     NotWinner,
-    /// No capacity left to take the task.
-    Busy,
     /// A task result from a peer that is not the auction's winner, or a second one.
     Unexpected,
 }
 
 impl Refusal {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 19] = [
         Self::Oversized,
         Self::Malformed,
         Self::WrongType,
@@ -131,7 +129,6 @@ impl Refusal {
         Self::BadPrice,
         Self::BadBids,
         Self::NotWinner,
-        Self::Busy,
         Self::Unexpected,
     ];
 
@@ -156,16 +153,22 @@ impl Refusal {
             Self::BadPrice => "bad_price",
             Self::BadBids => "bad_bids",
             Self::NotWinner => "not_winner",
-            Self::Busy => "busy",
             Self::Unexpected => "unexpected",
         }
     }
 
-    /// Whether the sender is to blame (penalised) rather than merely late or unlucky.
+    /// Whether the sender is to blame (its reputation falls) rather than late, unlucky or
+    /// unaware: an expired message or a late bid may be honest, a bid for an auction that
+    /// just ended or from a peer excluded from it too, and an award for a bid the receiver
+    /// already gave up on.
     pub fn is_fault(self) -> bool {
         !matches!(
             self,
-            Self::Expired | Self::AfterDeadline | Self::Busy | Self::UnknownAuction
+            Self::Expired
+                | Self::AfterDeadline
+                | Self::UnknownAuction
+                | Self::Excluded
+                | Self::NotWinner
         )
     }
 }
@@ -622,6 +625,24 @@ impl WireMessage for Award {
 
     fn claimed_signer(&self) -> PeerId {
         self.announcement.body.requester
+    }
+}
+
+/// How long after its bid deadline an auction's result is still accepted from gossip.
+pub const MAX_RESULT_AGE_MS: u64 = 10 * 60 * 1000;
+
+impl Award {
+    /// Timing check for an award arriving at `now_ms`: its auction's bid deadline passed
+    /// (with [`CLOCK_SKEW_MS`] tolerance) and not more than [`MAX_RESULT_AGE_MS`] ago.
+    pub fn check_fresh(&self, now_ms: u64) -> Result<(), Refusal> {
+        let deadline = self.announcement.body.bid_deadline_ms;
+        if deadline > now_ms.saturating_add(CLOCK_SKEW_MS) {
+            return Err(Refusal::TooFarFuture);
+        }
+        if deadline.saturating_add(MAX_RESULT_AGE_MS) < now_ms {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
     }
 }
 

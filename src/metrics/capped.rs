@@ -34,6 +34,11 @@ impl<K: Hash + Eq + Clone> CappedKeys<K> {
         self.keys.pop(key).is_some()
     }
 
+    /// The values with series, most recently active first.
+    pub fn keys(&self) -> Vec<K> {
+        self.keys.iter().map(|(k, ())| k.clone()).collect()
+    }
+
     /// How many values have series.
     pub fn len(&self) -> usize {
         self.keys.len()

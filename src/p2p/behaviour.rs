@@ -91,7 +91,7 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Kademlia under our own protocol name.
     pub kad: kad::Behaviour<MemoryStore>,
-    /// `/zerostate/content/1`: content by id, size-limited.
+    /// `/zerostate/content/2`: content by id, size-limited.
     pub content: request_response::Behaviour<ContentCodec>,
     /// `/zerostate/market/1`: bids, awards and task results, as opaque bounded frames.
     pub market: request_response::Behaviour<FrameCodec>,
