@@ -14,3 +14,4 @@ mod malformed;
 mod market;
 mod monitor;
 mod network;
+mod vectors;
