@@ -12,6 +12,7 @@ mod http_api;
 mod layering;
 mod malformed;
 mod market;
+mod market_hostile;
 mod monitor;
 mod network;
 mod vectors;

@@ -235,9 +235,7 @@ fn build() -> Vectors {
             .iter()
             .map(|(name, key)| Key {
                 name: (*name).into(),
-                seed_hex: hex::encode(
-                    key.clone().try_into_ed25519().unwrap().secret().as_ref(),
-                ),
+                seed_hex: hex::encode(key.clone().try_into_ed25519().unwrap().secret().as_ref()),
                 peer_id: key.public().to_peer_id().to_string(),
             })
             .collect(),
@@ -335,5 +333,9 @@ fn checked_in_vectors_decode_verify_and_match_the_fixture() {
         );
     }
     // The file is what the fixture produces (Ed25519 signatures are deterministic).
-    assert_eq!(vectors, build(), "regenerate with ZEROSTATE_WRITE_VECTORS=1");
+    assert_eq!(
+        vectors,
+        build(),
+        "regenerate with ZEROSTATE_WRITE_VECTORS=1"
+    );
 }
