@@ -258,7 +258,7 @@ async fn forged_and_malformed_announcements_are_refused_by_reason_and_not_forwar
         &'static str,
     );
     let ann = Announcement::PAYLOAD_TYPE;
-    let signed = |f: fn(&mut pb::Announcement)| -> Box<dyn Fn(&Keypair, &PeerId) -> Vec<u8>> {
+    let signed = |f: fn(&mut pb::Announcement)| -> Make {
         Box::new(move |k: &Keypair, me: &PeerId| {
             let mut m = announcement_pb(me);
             f(&mut m);
