@@ -252,11 +252,8 @@ async fn forged_and_malformed_announcements_are_refused_by_reason_and_not_forwar
     let nodes = start_network(&dirs, |c| market_config(c, true)).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let someone = PeerId::random();
-    type Case = (
-        &'static str,
-        Box<dyn Fn(&Keypair, &PeerId) -> Vec<u8>>,
-        &'static str,
-    );
+    type Make = Box<dyn Fn(&Keypair, &PeerId) -> Vec<u8>>;
+    type Case = (&'static str, Make, &'static str);
     let ann = Announcement::PAYLOAD_TYPE;
     let signed = |f: fn(&mut pb::Announcement)| -> Make {
         Box::new(move |k: &Keypair, me: &PeerId| {
