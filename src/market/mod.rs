@@ -74,7 +74,8 @@ impl Default for MarketConfig {
 pub struct ProviderConfig {
     /// Task kinds this node bids on (`pow`, `matmul`); empty: it never bids.
     pub kinds: Vec<String>,
-    /// Tasks it executes (or has bid on) at once; it bids only below this.
+    /// Tasks it executes at once (worker threads); it bids only while one is free, with at
+    /// most 4 open bids per worker.
     pub capacity: usize,
     /// Price of the smallest task.
     pub base_price: u64,

@@ -42,6 +42,10 @@ pub const REPUTATION_FILE: &str = "reputation.json";
 const OBSERVED: usize = 4096;
 /// How long after the bid deadline a bid's capacity stays reserved awaiting an award.
 const AWARD_GRACE: Duration = Duration::from_secs(5);
+/// Open bids a provider may have per worker. A bid reserves nothing until it wins, and most
+/// bids lose; a provider with a free worker bids, and a win beyond its free workers waits for
+/// one (within the task's time limit).
+const BIDS_PER_WORKER: usize = 4;
 /// How often the reputation file is rewritten when it changed.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
@@ -860,7 +864,8 @@ impl MarketActor {
         let kind = a.task.kind();
         if !self.config.provider.kinds.iter().any(|k| k == kind)
             || self.pending_bids.contains_key(&a.auction_id)
-            || self.pending_bids.len() + self.executing >= self.config.provider.capacity
+            || self.executing >= self.config.provider.capacity
+            || self.pending_bids.len() >= self.config.provider.capacity * BIDS_PER_WORKER
         {
             return;
         }

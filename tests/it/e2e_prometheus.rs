@@ -1,5 +1,6 @@
-//! End to end: three node processes started by `scripts/devnet.sh` from the built binary,
-//! scraped by a real Prometheus server through the devnet's generated config.
+//! End to end: five node processes started by `scripts/devnet.sh` from the built binary,
+//! loaded with tasks by `devnet.sh load`, scraped by a real Prometheus server through the
+//! devnet's generated config.
 //!
 //! Needs `prometheus` on PATH (or `PROMETHEUS_BIN`); `scripts/test.sh` installs Debian's.
 
@@ -62,8 +63,30 @@ async fn query(client: &reqwest::Client, base: &str, q: &str) -> Option<Vec<serd
     body["data"]["result"].as_array().cloned()
 }
 
+/// The operator queries of docs/METRICS.md about auctions, bids, tasks and reputation (the
+/// payment families come with payment channels).
+fn market_queries() -> Vec<String> {
+    let doc = std::fs::read_to_string(format!("{REPO}/docs/METRICS.md")).unwrap();
+    let section = doc
+        .split("## Operator queries")
+        .nth(1)
+        .expect("docs/METRICS.md has an Operator queries section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split("` |").next())
+        .filter(|q| q.contains("zerostate_economic_"))
+        .filter(|q| {
+            !["channel", "payment", "settlement", "dispute", "escrow"]
+                .iter()
+                .any(|p| q.contains(p))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_a_three_node_devnet() {
+async fn prometheus_scrapes_a_five_node_devnet_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let devnet_dir = dir.path().join("devnet");
     let mut cleanup = Cleanup {
@@ -71,7 +94,7 @@ async fn prometheus_scrapes_a_three_node_devnet() {
         prometheus: None,
     };
 
-    let up = devnet(&devnet_dir, &["up", "3"]);
+    let up = devnet(&devnet_dir, &["up", "5"]);
     assert!(
         up.status.success(),
         "devnet up failed:\n{}\n{}",
@@ -83,7 +106,7 @@ async fn prometheus_scrapes_a_three_node_devnet() {
     }
     let nodes: serde_json::Value =
         serde_json::from_slice(&std::fs::read(devnet_dir.join("nodes.json")).unwrap()).unwrap();
-    assert_eq!(nodes.as_array().unwrap().len(), 3);
+    assert_eq!(nodes.as_array().unwrap().len(), 5);
 
     let port = free_port();
     let prometheus = Command::new(prometheus_bin())
@@ -114,27 +137,27 @@ async fn prometheus_scrapes_a_three_node_devnet() {
     while Instant::now() < deadline && !(up_ok && info_ok) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Some(result) = query(&client, &base, r#"up{job="zerostate"}"#).await {
-            up_ok = result.len() == 3 && result.iter().all(|r| r["value"][1] == "1");
+            up_ok = result.len() == 5 && result.iter().all(|r| r["value"][1] == "1");
         }
         if let Some(result) = query(&client, &base, "zerostate_build_info").await {
             let nodes: std::collections::HashSet<_> = result
                 .iter()
                 .map(|r| r["metric"]["instance"].clone())
                 .collect();
-            info_ok = nodes.len() == 3
+            info_ok = nodes.len() == 5
                 && result
                     .iter()
                     .all(|r| r["metric"]["version"] == env!("CARGO_PKG_VERSION"));
         }
     }
-    assert!(up_ok, "up == 1 for all three targets");
+    assert!(up_ok, "up == 1 for all five targets");
     assert!(info_ok, "zerostate_build_info present for each node");
 
-    // The nodes found each other: each reports two connected peers.
+    // The nodes found each other: each reports at least two connected peers.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let result = query(&client, &base, "zerostate_p2p_connection_pool_size >= 2").await;
-        if result.as_ref().is_some_and(|r| r.len() == 3) {
+        if result.as_ref().is_some_and(|r| r.len() == 5) {
             break;
         }
         assert!(
@@ -142,6 +165,60 @@ async fn prometheus_scrapes_a_three_node_devnet() {
             "every node has 2 peers: {result:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A live market: every node requests and provides.
+    let load = devnet(&devnet_dir, &["load", "--rate", "4", "--duration", "8"]);
+    let out = String::from_utf8_lossy(&load.stdout);
+    assert!(
+        load.status.success(),
+        "devnet load failed:\n{out}\n{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    assert!(out.contains("summary: submitted="), "{out}");
+    // And a task nobody bids on (its maximum price is below every provider's price): the
+    // error families move because a task really failed.
+    let submit = Command::new(env!("CARGO_BIN_EXE_zerostate"))
+        .args([
+            "task",
+            "submit",
+            "--kind",
+            "pow",
+            "--difficulty",
+            "4",
+            "--max-price",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(devnet_dir.join("node-1"))
+        .env_remove("ZEROSTATE_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+
+    // Every market query of docs/METRICS.md returns data.
+    let queries = market_queries();
+    assert!(queries.len() >= 8, "{queries:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut empty = Vec::new();
+        for q in &queries {
+            if query(&client, &base, q).await.is_none_or(|r| r.is_empty()) {
+                empty.push(q.clone());
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queries without data: {empty:#?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
     // The alert and recording rules loaded, and each evaluates without error.
