@@ -188,7 +188,10 @@ pub fn verify_award(award: &Award) -> Result<(), Refusal> {
         if b.auction_id != a.auction_id || b.requester != a.requester {
             return Err(Refusal::BadBids);
         }
-        if b.price > a.max_price || b.expires_at_ms < a.bid_deadline_ms {
+        if b.price > a.max_price
+            || b.expires_at_ms < a.bid_deadline_ms
+            || b.expires_at_ms > a.bid_deadline_ms.saturating_add(MAX_BID_TTL_MS)
+        {
             return Err(Refusal::BadBids);
         }
     }

@@ -289,6 +289,16 @@ impl MarketMetrics {
         self.reputation_scores.get_or_create(&label).set(score);
     }
 
+    /// Refreshes a tracked peer's score gauge (decay) without counting it as active.
+    pub fn refresh_score(&self, peer: PeerId, score: f64) {
+        if self.peers.contains(&peer) {
+            let label = PeerLabel {
+                peer_id: peer.to_string(),
+            };
+            self.reputation_scores.get_or_create(&label).set(score);
+        }
+    }
+
     /// The peers that have series now.
     pub fn tracked_peers(&self) -> Vec<PeerId> {
         self.peers.keys()
@@ -308,5 +318,55 @@ impl MarketMetrics {
     /// How many peers have series.
     pub fn peer_series(&self) -> usize {
         self.peers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn peers_in(text: &str, family: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter(|l| l.starts_with(family))
+            .filter_map(|l| l.split("peer_id=\"").nth(1)?.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn peer_series_are_capped_and_the_least_recently_active_peer_goes() {
+        let mut registry = Registry::default();
+        let mut m = MarketMetrics::register(&mut registry, 3);
+        let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let record = Record::default();
+        for p in &peers {
+            m.peer_record(*p, &record);
+            m.task_completed("pow", "success", Some(10));
+        }
+        // Peer 2 is active again: peer 3 is now the least recently active.
+        m.peer_record(peers[2], &record);
+        m.peer_record(PeerId::random(), &record);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let want: BTreeSet<String> = [peers[2], peers[4]].iter().map(|p| p.to_string()).collect();
+        for family in [
+            "economic_reputation_scores",
+            "economic_tasks_executed_total",
+            "economic_success_rate",
+            "economic_average_task_duration",
+            "economic_average_task_cost",
+        ] {
+            let got = peers_in(&text, family);
+            assert_eq!(got.len(), 3, "{family}: {got:?}");
+            assert!(want.is_subset(&got), "{family}: {got:?}");
+        }
+        assert_eq!(m.peer_series(), 3);
+        // Aggregates count every event.
+        assert!(
+            text.contains(r#"economic_tasks_completed_total{type="pow",status="success"} 5"#),
+            "{text}"
+        );
     }
 }

@@ -213,6 +213,7 @@ enum Job {
     },
     AwardDelivered {
         auction: AuctionId,
+        task: AuctionId,
         result: Result<(), (&'static str, String)>,
     },
     Executed {
@@ -229,6 +230,7 @@ enum Job {
         auction: AuctionId,
         auction_type: &'static str,
         delivered: bool,
+        refused: bool,
     },
     Done,
 }
@@ -364,7 +366,7 @@ impl MarketActor {
         let now = now_ms();
         for peer in self.metrics.tracked_peers() {
             if let Some(record) = self.reputation.record(&peer, now) {
-                self.metrics.peer_score(peer, record.score);
+                self.metrics.refresh_score(peer, record.score);
             }
         }
     }
@@ -905,24 +907,26 @@ impl MarketActor {
                     }),
             };
             let refused = match delivered {
-                Ok(Ok(())) => None,
-                Ok(Err(reason)) => Some(reason),
+                Ok(Ok(())) => false,
+                Ok(Err(reason)) => {
+                    tracing::debug!(%auction, reason, "bid refused");
+                    true
+                }
                 Err(e) => {
                     tracing::debug!(%auction, error = e, "bid not delivered");
                     return Job::BidSent {
                         auction,
                         auction_type,
                         delivered: false,
+                        refused: false,
                     };
                 }
             };
-            if let Some(reason) = refused {
-                tracing::debug!(%auction, reason, "bid refused");
-            }
             Job::BidSent {
                 auction,
                 auction_type,
                 delivered: true,
+                refused,
             }
         });
         self.jobs.spawn(after(reserve, Timer::BidExpiry(auction)));
@@ -937,9 +941,14 @@ impl MarketActor {
                 auction,
                 auction_type,
                 delivered,
+                refused,
             } => {
                 if delivered {
                     self.metrics.bid(auction_type, "sent");
+                    // A refused bid cannot win: its slot is free at once.
+                    if refused && self.pending_bids.remove(&auction).is_some() {
+                        self.metrics.bid(auction_type, "lost");
+                    }
                 } else if self.pending_bids.remove(&auction).is_some() {
                     // Never reached the requester: free the capacity it reserved.
                     self.metrics.bid(auction_type, "undelivered");
@@ -985,10 +994,15 @@ impl MarketActor {
                     }
                 }
             }
-            Job::AwardDelivered { auction, result } => match result {
+            Job::AwardDelivered {
+                auction,
+                task,
+                result,
+            } => match result {
                 Ok(()) => {
-                    if let Some(t) = self.task_of(auction) {
-                        t.log("award accepted".into());
+                    // The result may already be in: log into the task, not the auction.
+                    if let Some(t) = self.tasks.get_mut(&task) {
+                        t.log(format!("award accepted (auction {auction})"));
                     }
                 }
                 Err((error, detail)) => {
@@ -997,7 +1011,10 @@ impl MarketActor {
                         Some(Phase::Awarded { .. })
                     ) {
                         tracing::debug!(%auction, error, detail, "award not accepted");
-                        self.attempt_failed(auction, error, true);
+                        // A winner that had given up on its bid (the award came too late)
+                        // is not at fault.
+                        let blame = detail != Refusal::NotWinner.label();
+                        self.attempt_failed(auction, error, blame);
                     }
                 }
             },
@@ -1020,11 +1037,6 @@ impl MarketActor {
                 Err(f) => self.attempt_failed(auction, f.error, f.blame),
             },
         }
-    }
-
-    fn task_of(&mut self, auction: AuctionId) -> Option<&mut Task> {
-        let task = self.running.get(&auction)?.task;
-        self.tasks.get_mut(&task)
     }
 
     fn close_auction(&mut self, auction: AuctionId) {
@@ -1077,7 +1089,14 @@ impl MarketActor {
         let frame = Request::Award(signed.bytes).encode();
         let limit = Duration::from_millis(self.config.award_timeout_ms);
         self.jobs.spawn(async move {
-            let sent = tokio::time::timeout(limit, p2p.request::<Market>(winner, frame)).await;
+            let deliver = async {
+                // The bid's connection may have closed since: find the winner again.
+                p2p.connect(winner)
+                    .await
+                    .map_err(crate::p2p::RequestError::Failed)?;
+                p2p.request::<Market>(winner, frame).await
+            };
+            let sent = tokio::time::timeout(limit, deliver).await;
             let result = match sent {
                 Err(_) => Err(("unreachable", "no answer in time".to_owned())),
                 Ok(Err(e)) => Err(("unreachable", e.to_string())),
@@ -1087,7 +1106,11 @@ impl MarketActor {
                     Err(e) => Err(("award_refused", e.to_string())),
                 },
             };
-            Job::AwardDelivered { auction, result }
+            Job::AwardDelivered {
+                auction,
+                task,
+                result,
+            }
         });
         let deadline = Duration::from_millis(
             u64::from(self.config.execution_timeout_ms) + self.config.award_timeout_ms,
@@ -1160,14 +1183,15 @@ impl MarketActor {
         if let Some(a) = t.attempt(auction) {
             a.outcome = Some(error.into());
         }
-        if let Some((winner, _)) = winner {
+        if blame && let Some((winner, _)) = winner {
             t.excluded.insert(winner);
         }
         t.log(format!("auction {auction} failed: {error}"));
         if error == "wrong_result" {
             t.verification = Some("wrong_result");
         }
-        if t.attempts.len() as u32 <= self.config.max_retries {
+        // Our own inputs failing would fail every retry too.
+        if error != "input_failed" && t.attempts.len() as u32 <= self.config.max_retries {
             t.log("re-auctioning".into());
             self.announce(running.task);
         } else {

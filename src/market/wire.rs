@@ -76,7 +76,8 @@ pub enum Refusal {
     WrongType,
     /// The signature does not verify.
     BadSignature,
-    /// Signed by someone other than the peer the message names.
+    /// Signed by someone other than the peer the message names, or a bid or award sent by a
+    /// peer other than its signer.
     WrongSigner,
     /// A field is missing or out of range.
     BadField,

@@ -34,6 +34,11 @@ impl<K: Hash + Eq + Clone> CappedKeys<K> {
         self.keys.pop(key).is_some()
     }
 
+    /// Whether `key` has series (does not count as activity).
+    pub fn contains(&self, key: &K) -> bool {
+        self.keys.contains(key)
+    }
+
     /// The values with series, most recently active first.
     pub fn keys(&self) -> Vec<K> {
         self.keys.iter().map(|(k, ())| k.clone()).collect()

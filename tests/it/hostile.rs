@@ -315,14 +315,6 @@ async fn silent_providers_cannot_stall_a_fetch() {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&got));
         assert_eq!(&got, data);
     }
-    let text = scrape(c).await;
-    eprintln!(
-        "DEBUG {}",
-        text.lines()
-            .filter(|l| l.contains("provider_failures") || l.contains("content_fetches"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     drop(silent);
     for n in nodes {
         n.shutdown().await;

@@ -321,3 +321,85 @@ async fn a_lying_provider_is_caught_loses_reputation_and_stops_winning() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_api_needs_the_token_to_submit_and_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path(), vec![])).await;
+    let base = format!("http://{}", node.http_addr());
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"kind": "pow", "difficulty": 8});
+    let no_token = http
+        .post(format!("{base}/api/v1/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    let submit = |body: serde_json::Value| {
+        http.post(format!("{base}/api/v1/tasks"))
+            .bearer_auth(node.api_token())
+            .json(&body)
+            .send()
+    };
+    for (bad, says) in [
+        (serde_json::json!({"kind": "sort", "n": 3}), "unknown kind"),
+        (
+            serde_json::json!({"kind": "pow"}),
+            "`difficulty` is required",
+        ),
+        (
+            serde_json::json!({"kind": "pow", "difficulty": 40}),
+            "`difficulty` must be 1..=32",
+        ),
+        (
+            serde_json::json!({"kind": "matmul", "n": 513}),
+            "`n` must be 1..=512",
+        ),
+        (
+            serde_json::json!({"kind": "pow", "difficulty": 8, "max_price": 0}),
+            "`max_price`",
+        ),
+        (
+            serde_json::json!({"kind": "pow", "difficulty": 8, "colour": "red"}),
+            "unknown field",
+        ),
+    ] {
+        let resp = submit(bad.clone()).await.unwrap();
+        // 400 for a value out of range, 422 for a body that does not fit the schema.
+        assert!(matches!(resp.status().as_u16(), 400 | 422), "{bad}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(says), "{bad}: {text}");
+    }
+    // A good task is accepted; alone on the network it finds no bidder, and says so.
+    let resp = submit(body).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let id: serde_json::Value = resp.json().await.unwrap();
+    let id = id["id"].as_str().unwrap().to_owned();
+    let (status, list) = get(&node, "/api/v1/tasks?limit=10").await;
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["tasks"][0]["id"], id.as_str());
+    assert_eq!(get(&node, "/api/v1/tasks?limit=0").await.0, 400);
+    assert_eq!(get(&node, "/api/v1/tasks/not-hex").await.0, 400);
+    assert_eq!(
+        get(&node, &format!("/api/v1/tasks/{}", "ab".repeat(16)))
+            .await
+            .0,
+        404
+    );
+    let task = finished(&node, id.parse().unwrap()).await;
+    assert_eq!(task.status, "failed");
+    assert!(
+        task.attempts
+            .iter()
+            .all(|a| a.outcome.as_deref() == Some("no_bids"))
+    );
+    assert_eq!(task.attempts.len() as u32, node_retries() + 1);
+    node.shutdown().await;
+}
+
+fn node_retries() -> u32 {
+    zerostate::Config::default().market.max_retries
+}
