@@ -525,34 +525,13 @@ impl EventLoop {
 
     fn on_answer(&mut self, answer: Answer) {
         match answer {
-            Answer::Content(channel, Some(response)) => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .content
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!("peer went away before the content response");
-                }
+            Answer::Content(channel, response) => {
+                let content = &mut self.swarm.behaviour_mut().content;
+                respond(content, channel, response, &self.metrics, "content");
             }
-            Answer::Content(_channel, None) => {
-                // Dropping the channel closes the stream without an answer.
-                self.metrics.inbound_refused("content", "no_reply");
-            }
-            Answer::Market(channel, Some(response)) => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .market
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!("peer went away before the market response");
-                }
-            }
-            Answer::Market(_channel, None) => {
-                self.metrics.inbound_refused("market", "no_reply");
+            Answer::Market(channel, response) => {
+                let market = &mut self.swarm.behaviour_mut().market;
+                respond(market, channel, response, &self.metrics, "market");
             }
             Answer::Verdict {
                 id,
@@ -844,6 +823,25 @@ fn record_identify(metrics: &libp2p::metrics::Metrics, event: &identify::Event) 
             });
         }
         other => metrics.record(other),
+    }
+}
+
+/// Sends a service's answer, or, without one (the service did not answer in time), drops the
+/// channel, which closes the stream unanswered.
+fn respond<C: request_response::Codec + Send + Clone + 'static>(
+    behaviour: &mut request_response::Behaviour<C>,
+    channel: ResponseChannel<C::Response>,
+    response: Option<C::Response>,
+    metrics: &P2pMetrics,
+    protocol: &'static str,
+) {
+    match response {
+        Some(response) => {
+            if behaviour.send_response(channel, response).is_err() {
+                tracing::debug!(protocol, "peer went away before the response");
+            }
+        }
+        None => metrics.inbound_refused(protocol, "no_reply"),
     }
 }
 
