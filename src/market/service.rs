@@ -214,6 +214,7 @@ enum Job {
     AwardDelivered {
         auction: AuctionId,
         task: AuctionId,
+        award: Bytes,
         result: Result<(), (&'static str, String)>,
     },
     Executed {
@@ -997,27 +998,13 @@ impl MarketActor {
             Job::AwardDelivered {
                 auction,
                 task,
+                award,
                 result,
-            } => match result {
-                Ok(()) => {
-                    // The result may already be in: log into the task, not the auction.
-                    if let Some(t) = self.tasks.get_mut(&task) {
-                        t.log(format!("award accepted (auction {auction})"));
-                    }
-                }
-                Err((error, detail)) => {
-                    if matches!(
-                        self.running.get(&auction).map(|r| &r.phase),
-                        Some(Phase::Awarded { .. })
-                    ) {
-                        tracing::debug!(%auction, error, detail, "award not accepted");
-                        // A winner that had given up on its bid (the award came too late)
-                        // is not at fault.
-                        let blame = detail != Refusal::NotWinner.label();
-                        self.attempt_failed(auction, error, blame);
-                    }
-                }
-            },
+            } => {
+                // Losers and observers learn the outcome, whether or not the winner took it.
+                self.publish(RESULTS_TOPIC, award);
+                self.on_award_delivered(auction, task, result);
+            }
             Job::Executed {
                 auction,
                 kind,
@@ -1036,6 +1023,34 @@ impl MarketActor {
                 Ok(()) => self.attempt_succeeded(auction),
                 Err(f) => self.attempt_failed(auction, f.error, f.blame),
             },
+        }
+    }
+
+    fn on_award_delivered(
+        &mut self,
+        auction: AuctionId,
+        task: AuctionId,
+        result: Result<(), (&'static str, String)>,
+    ) {
+        match result {
+            Ok(()) => {
+                // The result may already be in: log into the task, not the auction.
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.log(format!("award accepted (auction {auction})"));
+                }
+            }
+            Err((error, detail)) => {
+                if matches!(
+                    self.running.get(&auction).map(|r| &r.phase),
+                    Some(Phase::Awarded { .. })
+                ) {
+                    tracing::debug!(%auction, error, detail, "award not accepted");
+                    // A winner that had given up on its bid (the award came too late) is not
+                    // at fault.
+                    let blame = detail != Refusal::NotWinner.label();
+                    self.attempt_failed(auction, error, blame);
+                }
+            }
         }
     }
 
@@ -1083,9 +1098,10 @@ impl MarketActor {
                 selection.price
             ));
         }
-        // The result goes to everyone; the award to the winner.
-        self.publish(RESULTS_TOPIC, signed.bytes.clone());
+        // The award goes to the winner first, then to everyone as the auction's result (so
+        // the winner's copy does not queue behind the gossip).
         let p2p = self.p2p.clone();
+        let award = signed.bytes.clone();
         let frame = Request::Award(signed.bytes).encode();
         let limit = Duration::from_millis(self.config.award_timeout_ms);
         self.jobs.spawn(async move {
@@ -1109,6 +1125,7 @@ impl MarketActor {
             Job::AwardDelivered {
                 auction,
                 task,
+                award,
                 result,
             }
         });
