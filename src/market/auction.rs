@@ -16,7 +16,8 @@ use std::collections::HashSet;
 use libp2p::PeerId;
 
 use super::wire::{
-    Announcement, AuctionType, Award, Bid, MAX_BID_TTL_MS, NEUTRAL_WEIGHT, Refusal, Signed, WEIGHT,
+    Announcement, AuctionType, Award, Bid, MAX_BID_TTL_MS, MAX_BIDS_PER_AUCTION, NEUTRAL_WEIGHT,
+    Refusal, Signed, WEIGHT,
 };
 
 /// The weight (per mille) of a bidder with reputation `score` in `[0, 1]`: 500 for a perfect
@@ -155,6 +156,9 @@ impl AuctionBook {
         }
         if self.bidders.contains(&b.bidder) {
             return Err(Refusal::DuplicateBidder);
+        }
+        if self.entries.len() >= MAX_BIDS_PER_AUCTION {
+            return Err(Refusal::AuctionFull);
         }
         self.seen.insert(hash);
         self.bidders.insert(b.bidder);
@@ -397,6 +401,20 @@ mod tests {
             excluded.offer(bid(&a, &p, 10), 1000, 1_500),
             Err(Refusal::Excluded)
         );
+    }
+
+    #[test]
+    fn an_auction_takes_a_bounded_number_of_bids() {
+        let r = Keypair::generate_ed25519();
+        let a = announcement(&r, AuctionType::SecondPrice, false);
+        let mut book = AuctionBook::new(a.clone(), HashSet::new());
+        for _ in 0..MAX_BIDS_PER_AUCTION {
+            book.offer(bid(&a, &Keypair::generate_ed25519(), 10), 1000, 1_500)
+                .unwrap();
+        }
+        let late = bid(&a, &Keypair::generate_ed25519(), 1);
+        assert_eq!(book.offer(late, 1000, 1_500), Err(Refusal::AuctionFull));
+        assert_eq!(book.entries().len(), MAX_BIDS_PER_AUCTION);
     }
 
     #[test]

@@ -869,6 +869,14 @@ impl MarketActor {
             || self.pending_bids.contains_key(&a.auction_id)
             || self.executing >= self.config.provider.capacity
             || self.pending_bids.len() >= self.config.provider.capacity * BIDS_PER_WORKER
+            // One requester may hold at most half of them, so a requester flooding
+            // announcements cannot take every bid slot.
+            || self
+                .pending_bids
+                .values()
+                .filter(|p| p.announcement.body.requester == a.requester)
+                .count()
+                >= self.config.provider.capacity * BIDS_PER_WORKER / 2
         {
             return;
         }

@@ -32,6 +32,9 @@ pub const AUCTIONS_TOPIC: &str = "/zerostate/auctions/1";
 /// Gossip topic of auction results (signed awards).
 pub const RESULTS_TOPIC: &str = "/zerostate/auction-results/1";
 
+/// Most bids one auction takes; later ones are refused (`auction_full`), so a swarm of
+/// identities cannot grow a requester's memory.
+pub const MAX_BIDS_PER_AUCTION: usize = 256;
 /// Length of an auction id.
 pub const AUCTION_ID_LEN: usize = 16;
 /// Largest signed announcement, bid or task result envelope.
@@ -107,11 +110,13 @@ pub enum Refusal {
     NotWinner,
     /// A task result from a peer that is not the auction's winner, or a second one.
     Unexpected,
+    /// The auction already holds [`MAX_BIDS_PER_AUCTION`] bids.
+    AuctionFull,
 }
 
 impl Refusal {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 20] = [
         Self::Oversized,
         Self::Malformed,
         Self::WrongType,
@@ -131,6 +136,7 @@ impl Refusal {
         Self::BadBids,
         Self::NotWinner,
         Self::Unexpected,
+        Self::AuctionFull,
     ];
 
     /// The reason as a metric label and on the wire.
@@ -155,6 +161,7 @@ impl Refusal {
             Self::BadBids => "bad_bids",
             Self::NotWinner => "not_winner",
             Self::Unexpected => "unexpected",
+            Self::AuctionFull => "auction_full",
         }
     }
 
@@ -170,6 +177,7 @@ impl Refusal {
                 | Self::UnknownAuction
                 | Self::Excluded
                 | Self::NotWinner
+                | Self::AuctionFull
         )
     }
 }
