@@ -122,16 +122,60 @@ impl MarketConfig {
         if !wire::PRICE.contains(&self.default_max_price) {
             return Err(("market.default_max_price", "must be 1..=2^48".into()));
         }
-        if self.award_timeout_ms == 0 || self.verify_timeout_ms == 0 {
-            return Err((
-                "market.award_timeout_ms",
-                "award_timeout_ms and verify_timeout_ms must be at least 1".into(),
-            ));
-        }
-        if self.max_running_tasks == 0 || self.max_kept_tasks == 0 {
-            return Err((
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let ranges: [(&'static str, u64, u64, u64); 8] = [
+            ("market.award_timeout_ms", self.award_timeout_ms, 1, DAY_MS),
+            (
+                "market.verify_timeout_ms",
+                self.verify_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            ("market.max_retries", self.max_retries.into(), 0, 100),
+            (
                 "market.max_running_tasks",
-                "max_running_tasks and max_kept_tasks must be at least 1".into(),
+                self.max_running_tasks as u64,
+                1,
+                100_000,
+            ),
+            (
+                "market.max_kept_tasks",
+                self.max_kept_tasks as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "market.provider.capacity",
+                self.provider.capacity as u64,
+                1,
+                1024,
+            ),
+            (
+                "market.reputation.ban_secs",
+                self.reputation.ban_secs,
+                0,
+                30 * 24 * 3600,
+            ),
+            (
+                "market.reputation.half_life_secs",
+                self.reputation.half_life_secs,
+                1,
+                365 * 24 * 3600,
+            ),
+        ];
+        for (key, value, least, most) in ranges {
+            if value < least || value > most {
+                return Err((
+                    key,
+                    format!("{value} is out of range: use a value from {least} to {most}"),
+                ));
+            }
+        }
+        let p = &self.provider;
+        if p.base_price > 1 << 40 || p.unit_price > 1 << 40 {
+            return Err((
+                "market.provider.base_price",
+                "base_price and unit_price must be at most 2^40".into(),
             ));
         }
         if let Some(k) = self

@@ -69,10 +69,14 @@ impl ReputationConfig {
                 "must be below the neutral score 0.5, or every new peer would be banned".into(),
             ));
         }
-        if self.half_life_secs == 0 || self.reference_price == 0 || self.max_peers == 0 {
+        if self.reference_price == 0
+            || self.reference_price > 1 << 48
+            || self.max_peers == 0
+            || self.max_peers > 10_000_000
+        {
             return Err((
                 "market.reputation",
-                "half_life_secs, reference_price and max_peers must be at least 1".into(),
+                "reference_price must be 1..=2^48 and max_peers 1..=10000000".into(),
             ));
         }
         Ok(())

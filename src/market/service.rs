@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use lru::LruCache;
@@ -49,6 +50,10 @@ const BIDS_PER_WORKER: usize = 4;
 /// How often the reputation file is rewritten when it changed.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
+/// An auction as other nodes know it: its requester and its id. The id alone is chosen by
+/// the requester, so anyone can announce another auction under the same id.
+type AuctionKey = (PeerId, AuctionId);
+
 /// What an observer derived from an auction's published result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
@@ -63,7 +68,7 @@ enum Command {
     Task(AuctionId, oneshot::Sender<Option<TaskView>>),
     Tasks(usize, usize, oneshot::Sender<TaskPage>),
     Reputation(oneshot::Sender<Vec<PeerReputation>>),
-    Observed(AuctionId, oneshot::Sender<Option<Observed>>),
+    Observed(AuctionKey, oneshot::Sender<Option<Observed>>),
 }
 
 /// The handle to the market: submit tasks, read them, read reputation. Cheap to clone.
@@ -112,10 +117,15 @@ impl MarketService {
         self.ask(Command::Reputation).await
     }
 
-    /// The winner and price this node derived for an auction, from its own records (as
-    /// requester) or from the verified result it received (as observer).
-    pub async fn observed(&self, auction: AuctionId) -> Result<Option<Observed>, MarketError> {
-        self.ask(|tx| Command::Observed(auction, tx)).await
+    /// The winner and price this node derived for `requester`'s auction, from its own
+    /// records (as requester) or from the verified result it received (as observer).
+    pub async fn observed(
+        &self,
+        requester: PeerId,
+        auction: AuctionId,
+    ) -> Result<Option<Observed>, MarketError> {
+        self.ask(|tx| Command::Observed((requester, auction), tx))
+            .await
     }
 }
 
@@ -200,7 +210,7 @@ struct PendingBid {
 enum Timer {
     BidDeadline(AuctionId),
     ResultDeadline(AuctionId),
-    BidExpiry(AuctionId),
+    BidExpiry(AuctionKey),
     Unban(PeerId),
 }
 
@@ -215,6 +225,8 @@ enum Job {
         auction: AuctionId,
         task: AuctionId,
         award: Bytes,
+        /// The award was sent after the winner's bid expired (the winner is not to blame).
+        late: bool,
         result: Result<(), (&'static str, String)>,
     },
     Executed {
@@ -228,10 +240,9 @@ enum Job {
         result: Result<(), Failure>,
     },
     BidSent {
-        auction: AuctionId,
+        auction: AuctionKey,
         auction_type: &'static str,
         delivered: bool,
-        refused: bool,
     },
     Done,
 }
@@ -254,9 +265,9 @@ pub struct MarketActor {
     order: VecDeque<AuctionId>,
     running: HashMap<AuctionId, Running>,
     preparing: usize,
-    pending_bids: HashMap<AuctionId, PendingBid>,
+    pending_bids: HashMap<AuctionKey, PendingBid>,
     executing: usize,
-    observed: LruCache<AuctionId, Observed>,
+    observed: LruCache<AuctionKey, Observed>,
     reputation: Reputation,
     reputation_path: PathBuf,
     dirty: bool,
@@ -313,6 +324,17 @@ impl MarketService {
             dirty: false,
         };
         (Self { commands: tx }, actor, req_tx, gossip_tx)
+    }
+}
+
+/// The gossip verdict on a refused message: rejected (not forwarded, its sender penalised by
+/// gossipsub scoring) when it is the sender's fault, ignored (not forwarded, no penalty) when
+/// an honest peer could have sent it, such as a message that expired on its way.
+fn verdict(refusal: Refusal) -> Verdict {
+    if refusal.is_fault() {
+        Verdict::Reject
+    } else {
+        Verdict::Ignore
     }
 }
 
@@ -449,8 +471,8 @@ impl MarketActor {
                     .collect();
                 let _ = reply.send(peers);
             }
-            Command::Observed(id, reply) => {
-                let _ = reply.send(self.observed.peek(&id).copied());
+            Command::Observed(key, reply) => {
+                let _ = reply.send(self.observed.peek(&key).copied());
             }
         }
     }
@@ -680,7 +702,7 @@ impl MarketActor {
                 // The award must be for the bid we made on the announcement we saw.
                 let mine = self
                     .pending_bids
-                    .get(&a.body.auction_id())
+                    .get(&(a.signer, a.body.auction_id()))
                     .is_some_and(|p| {
                         p.bid.bytes == a.body.winner_bid.bytes
                             && p.announcement.bytes == a.body.announcement.bytes
@@ -701,7 +723,10 @@ impl MarketActor {
             }
         };
         let auction = award.body.auction_id();
-        let pending = self.pending_bids.remove(&auction).expect("checked above");
+        let pending = self
+            .pending_bids
+            .remove(&(award.signer, auction))
+            .expect("checked above");
         let announcement = pending.announcement.body;
         self.metrics.bid(announcement.auction_type.label(), "won");
         self.record_observed(&award.body);
@@ -718,7 +743,11 @@ impl MarketActor {
         let kind = job.announcement.task.kind();
         tracing::debug!(%auction, kind, "executing awarded task");
         self.jobs.spawn(async move {
-            let (took, result) = job.run().await;
+            // A panic must still give the worker back.
+            let (took, result) = std::panic::AssertUnwindSafe(job.run())
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| (None, Err("the executor panicked".into())));
             Job::Executed {
                 auction,
                 kind,
@@ -773,9 +802,12 @@ impl MarketActor {
         let limit = Duration::from_millis(self.config.verify_timeout_ms);
         let output = result.body.output;
         self.jobs.spawn(async move {
-            let result = tokio::time::timeout(limit, verify(spec, output, content))
-                .await
-                .unwrap_or(Err(Failure::provider("verify_timeout")));
+            let check = std::panic::AssertUnwindSafe(verify(spec, output, content)).catch_unwind();
+            let result = match tokio::time::timeout(limit, check).await {
+                Err(_) => Err(Failure::provider("verify_timeout")),
+                Ok(Err(_panic)) => Err(Failure::ours("verify_failed")),
+                Ok(Ok(result)) => result,
+            };
             Job::Verified { auction, result }
         });
         Ok(())
@@ -799,7 +831,7 @@ impl MarketActor {
             Ok(a) => a,
             Err(r) => {
                 self.metrics.refused("announcement", r.label());
-                return Verdict::Reject;
+                return verdict(r);
             }
         };
         if announcement.body.requester != self.local {
@@ -816,16 +848,22 @@ impl MarketActor {
             Ok(a) => a,
             Err(r) => {
                 self.metrics.refused("award", r.label());
-                return Verdict::Reject;
+                return verdict(r);
             }
         };
-        let auction = award.body.auction_id();
-        if self.observed.contains(&auction) {
+        let key = (award.signer, award.body.auction_id());
+        if self.observed.contains(&key) {
             return Verdict::Ignore;
         }
         self.record_observed(&award.body);
+        // Our bid lost only if this is the result of the very auction we bid on.
+        let ours = self
+            .pending_bids
+            .get(&key)
+            .is_some_and(|p| p.announcement.bytes == award.body.announcement.bytes);
         if award.body.winner() != self.local
-            && let Some(pending) = self.pending_bids.remove(&auction)
+            && ours
+            && let Some(pending) = self.pending_bids.remove(&key)
         {
             self.metrics
                 .bid(pending.announcement.body.auction_type.label(), "lost");
@@ -835,7 +873,7 @@ impl MarketActor {
 
     fn record_observed(&mut self, award: &Award) {
         self.observed.put(
-            award.auction_id(),
+            (award.announcement.body.requester, award.auction_id()),
             Observed {
                 winner: award.winner(),
                 price: award.price,
@@ -866,7 +904,7 @@ impl MarketActor {
         let a = &announcement.body;
         let kind = a.task.kind();
         if !self.config.provider.kinds.iter().any(|k| k == kind)
-            || self.pending_bids.contains_key(&a.auction_id)
+            || self.pending_bids.contains_key(&(a.requester, a.auction_id))
             || self.executing >= self.config.provider.capacity
             || self.pending_bids.len() >= self.config.provider.capacity * BIDS_PER_WORKER
             // One requester may hold at most half of them, so a requester flooding
@@ -895,7 +933,7 @@ impl MarketActor {
                 expires_at_ms: a.bid_deadline_ms + AWARD_GRACE.as_millis() as u64,
             },
         );
-        let auction = a.auction_id;
+        let auction = (a.requester, a.auction_id);
         let requester = a.requester;
         let auction_type = a.auction_type.label();
         let reserve = Duration::from_millis(a.bid_deadline_ms.saturating_sub(now)) + AWARD_GRACE;
@@ -915,27 +953,24 @@ impl MarketActor {
                         wire::decode_response(&bytes).map_err(|e| format!("bad answer: {e}"))
                     }),
             };
-            let refused = match delivered {
-                Ok(Ok(())) => false,
+            match delivered {
+                Ok(Ok(())) => {}
                 Ok(Err(reason)) => {
-                    tracing::debug!(%auction, reason, "bid refused");
-                    true
+                    tracing::debug!(auction = %auction.1, reason, "bid refused");
                 }
                 Err(e) => {
-                    tracing::debug!(%auction, error = e, "bid not delivered");
+                    tracing::debug!(auction = %auction.1, error = e, "bid not delivered");
                     return Job::BidSent {
                         auction,
                         auction_type,
                         delivered: false,
-                        refused: false,
                     };
                 }
-            };
+            }
             Job::BidSent {
                 auction,
                 auction_type,
                 delivered: true,
-                refused,
             }
         });
         self.jobs.spawn(after(reserve, Timer::BidExpiry(auction)));
@@ -950,14 +985,11 @@ impl MarketActor {
                 auction,
                 auction_type,
                 delivered,
-                refused,
             } => {
                 if delivered {
+                    // A refused bid keeps its slot until it expires: a requester that refuses
+                    // every bid at once must not make us bid without pause.
                     self.metrics.bid(auction_type, "sent");
-                    // A refused bid cannot win: its slot is free at once.
-                    if refused && self.pending_bids.remove(&auction).is_some() {
-                        self.metrics.bid(auction_type, "lost");
-                    }
                 } else if self.pending_bids.remove(&auction).is_some() {
                     // Never reached the requester: free the capacity it reserved.
                     self.metrics.bid(auction_type, "undelivered");
@@ -1007,11 +1039,14 @@ impl MarketActor {
                 auction,
                 task,
                 award,
+                late,
                 result,
             } => {
-                // Losers and observers learn the outcome, whether or not the winner took it.
-                self.publish(RESULTS_TOPIC, award);
-                self.on_award_delivered(auction, task, result);
+                // Losers and observers learn the outcome once the winner took the award.
+                if result.is_ok() {
+                    self.publish(RESULTS_TOPIC, award);
+                }
+                self.on_award_delivered(auction, task, result, late);
             }
             Job::Executed {
                 auction,
@@ -1039,6 +1074,7 @@ impl MarketActor {
         auction: AuctionId,
         task: AuctionId,
         result: Result<(), (&'static str, String)>,
+        late: bool,
     ) {
         match result {
             Ok(()) => {
@@ -1053,10 +1089,9 @@ impl MarketActor {
                     Some(Phase::Awarded { .. })
                 ) {
                     tracing::debug!(%auction, error, detail, "award not accepted");
-                    // A winner that had given up on its bid (the award came too late) is not
-                    // at fault.
-                    let blame = detail != Refusal::NotWinner.label();
-                    self.attempt_failed(auction, error, blame);
+                    // A winner is to blame unless we sent the award after its bid expired
+                    // (what it answers does not decide that).
+                    self.attempt_failed(auction, error, !late);
                 }
             }
         }
@@ -1068,13 +1103,13 @@ impl MarketActor {
         };
         let announcement = running.book.announcement().clone();
         let auction_type = announcement.auction_type.label();
-        self.metrics
-            .auction_closed_after(running.announced_at.elapsed().as_secs_f64());
         let Some(selection) = running.book.select() else {
             self.metrics.auction(auction_type, "failed");
             self.attempt_failed(auction, "no_bids", false);
             return;
         };
+        self.metrics
+            .auction_closed_after(running.announced_at.elapsed().as_secs_f64());
         self.metrics.auction(auction_type, "closed");
         let winner = selection.winner.bid.body.bidder;
         let award = Award {
@@ -1110,9 +1145,11 @@ impl MarketActor {
         // the winner's copy does not queue behind the gossip).
         let p2p = self.p2p.clone();
         let award = signed.bytes.clone();
+        let winner_expires_ms = selection.winner.bid.body.expires_at_ms;
         let frame = Request::Award(signed.bytes).encode();
         let limit = Duration::from_millis(self.config.award_timeout_ms);
         self.jobs.spawn(async move {
+            let late = now_ms() > winner_expires_ms;
             let deliver = async {
                 // The bid's connection may have closed since: find the winner again.
                 p2p.connect(winner)
@@ -1134,6 +1171,7 @@ impl MarketActor {
                 auction,
                 task,
                 award,
+                late,
                 result,
             }
         });
@@ -1208,7 +1246,8 @@ impl MarketActor {
         if let Some(a) = t.attempt(auction) {
             a.outcome = Some(error.into());
         }
-        if blame && let Some((winner, _)) = winner {
+        // The next auction goes on without the winner that failed this one, blamed or not.
+        if let Some((winner, _)) = winner {
             t.excluded.insert(winner);
         }
         t.log(format!("auction {auction} failed: {error}"));

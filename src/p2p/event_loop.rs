@@ -624,8 +624,16 @@ impl EventLoop {
             return;
         }
         if let Some(waiting) = self.connects.get_mut(&peer) {
+            waiting.retain(|r| !r.is_closed());
             waiting.push(reply);
             return;
+        }
+        if self.connects.len() >= MAX_PENDING_CONNECTS {
+            // Callers that gave up leave their entries behind: drop those first.
+            self.connects.retain(|_, waiting| {
+                waiting.retain(|r| !r.is_closed());
+                !waiting.is_empty()
+            });
         }
         if self.connects.len() >= MAX_PENDING_CONNECTS {
             let _ = reply.send(Err("too many connections being set up".into()));

@@ -135,11 +135,12 @@ async fn five_nodes_run_twenty_auctions_and_agree_on_every_outcome() {
         );
         // Every node that saw the auction derives the same winner and price from its result.
         let auction = last.auction_id.parse().unwrap();
+        let requester = nodes[*r].peer_id();
         for (i, node) in nodes.iter().enumerate() {
             let seen = eventually(
                 Duration::from_secs(10),
                 "the result reaches every node",
-                || async { node.market().observed(auction).await.ok()? },
+                || async { node.market().observed(requester, auction).await.ok()? },
             )
             .await;
             assert_eq!(seen.winner.to_string(), winner, "node {i}, task {id}");
