@@ -54,6 +54,11 @@ impl Drop for RawMarket {
 
 impl RawMarket {
     async fn spawn(targets: &[&NodeHandle]) -> Self {
+        Self::spawn_with(targets, false).await
+    }
+
+    /// Like [`RawMarket::spawn`]; with `refuse_awards`, every award is answered `not_winner`.
+    async fn spawn_with(targets: &[&NodeHandle], refuse_awards: bool) -> Self {
         let key = Keypair::generate_ed25519();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
@@ -122,7 +127,12 @@ impl RawMarket {
                     event = swarm.select_next_some() => match event {
                         SwarmEvent::Behaviour(RawMarketBehaviourEvent::Market(e)) => match e {
                             request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } => {
-                                let _ = swarm.behaviour_mut().market.send_response(channel, wire::encode_response(Ok(())));
+                                // An award is refused as if the bid had lapsed when asked to.
+                                let answer = match Request::decode(&request) {
+                                    Ok(Request::Award(_)) if refuse_awards => Err(wire::Refusal::NotWinner),
+                                    _ => Ok(()),
+                                };
+                                let _ = swarm.behaviour_mut().market.send_response(channel, wire::encode_response(answer));
                                 let _ = req_tx.try_send((peer, request));
                             }
                             request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. } => {
@@ -821,6 +831,124 @@ async fn a_requester_that_understates_the_second_price_is_refused_by_winner_and_
     .await
     .expect("the winner delivers");
     assert_eq!(result.body.provider, winner.body.bidder);
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_winner_that_refuses_its_award_is_blamed_and_left_out_of_the_retry() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_network(&dirs, |c| market_config(c, true)).await;
+    let (requester, honest) = (&nodes[0], &nodes[1]);
+    let mut refuser = RawMarket::spawn_with(&[requester, honest], true).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let task = requester
+        .market()
+        .submit(pow(4, AuctionType::SecondPrice))
+        .await
+        .unwrap();
+    // The refuser undercuts everyone (price 1), wins, and claims its bid had lapsed.
+    let first = next_announcement(&mut refuser, requester.peer_id())
+        .await
+        .body;
+    let bid = Request::Bid(sign(&refuser.key, bid_for(&refuser.key, &first, 1)).bytes).encode();
+    assert_eq!(
+        refuser.request(requester.peer_id(), bid).await.as_deref(),
+        Ok("")
+    );
+    // The task is re-auctioned without it.
+    let second = next_announcement(&mut refuser, requester.peer_id())
+        .await
+        .body;
+    assert_ne!(second.auction_id, first.auction_id);
+    let bid = Request::Bid(sign(&refuser.key, bid_for(&refuser.key, &second, 1)).bytes).encode();
+    assert_eq!(
+        refuser.request(requester.peer_id(), bid).await.as_deref(),
+        Ok("excluded")
+    );
+    let view = crate::market::finished(requester, task).await;
+    assert_eq!(view.status, "success", "{view:#?}");
+    assert_eq!(view.winner, Some(honest.peer_id().to_string()));
+    assert_eq!(view.attempts[0].outcome.as_deref(), Some("award_refused"));
+    // What it answered did not decide: the award was on time, so it is to blame.
+    let records = requester.market().reputation().await.unwrap();
+    let record = records
+        .iter()
+        .find(|r| r.peer_id == refuser.id.to_string())
+        .expect("the refuser has a record");
+    assert_eq!(record.failures, 1, "{record:?}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_result_under_the_same_auction_id_does_not_void_the_real_auction() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_network(&dirs, |c| {
+        market_config(c, true);
+        c.market.bid_window_ms = 2_000;
+    })
+    .await;
+    let (requester, provider) = (&nodes[0], &nodes[1]);
+    let mut forger = RawMarket::spawn(&[requester, provider]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let task = requester
+        .market()
+        .submit(pow(4, AuctionType::FirstPrice))
+        .await
+        .unwrap();
+    let real = next_announcement(&mut forger, requester.peer_id())
+        .await
+        .body;
+    // While the provider's bid is open, the forger publishes "the result" of an auction of
+    // its own under the same id, won by itself.
+    let fake = Announcement {
+        requester: forger.id,
+        created_at_ms: now_ms() - 2_000,
+        bid_deadline_ms: now_ms() - 1_000,
+        ..real.clone()
+    };
+    let fake_bid = Bid {
+        expires_at_ms: fake.bid_deadline_ms + 5_000,
+        ..bid_for(&forger.key, &fake, 1)
+    };
+    let award = Award {
+        announcement: sign(&forger.key, fake),
+        winner_bid: sign(&forger.key, fake_bid),
+        runner_up_bid: None,
+        price: 1,
+        winner_weight: 1000,
+        runner_up_weight: 1000,
+    };
+    forger
+        .publish(RESULTS_TOPIC, sign(&forger.key, award).bytes.to_vec())
+        .await;
+    let view = crate::market::finished(requester, task).await;
+    assert_eq!(view.status, "success", "{view:#?}");
+    assert_eq!(
+        view.attempts.len(),
+        1,
+        "the provider kept its bid: {view:#?}"
+    );
+    assert_eq!(view.winner, Some(provider.peer_id().to_string()));
+    // Both auctions are known apart, by requester and id.
+    let real_outcome = eventually(Duration::from_secs(10), "the real result", || async {
+        provider
+            .market()
+            .observed(requester.peer_id(), real.auction_id)
+            .await
+            .ok()?
+    })
+    .await;
+    assert_eq!(real_outcome.winner, provider.peer_id());
+    let forged = provider
+        .market()
+        .observed(forger.id, real.auction_id)
+        .await
+        .unwrap();
+    assert_eq!(forged.map(|o| o.winner), Some(forger.id));
     for n in nodes {
         n.shutdown().await;
     }
