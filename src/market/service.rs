@@ -47,6 +47,9 @@ const AWARD_GRACE: Duration = Duration::from_secs(5);
 /// bids lose; a provider with a free worker bids, and a win beyond its free workers waits for
 /// one (within the task's time limit).
 const BIDS_PER_WORKER: usize = 4;
+/// Most tries to deliver a task result, and the pause after the first failed one (growing).
+const RESULT_SENDS: u32 = 3;
+const RESULT_RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How often the reputation file is rewritten when it changed.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
@@ -1089,9 +1092,11 @@ impl MarketActor {
                     Some(Phase::Awarded { .. })
                 ) {
                     tracing::debug!(%auction, error, detail, "award not accepted");
-                    // A winner is to blame unless we sent the award after its bid expired
-                    // (what it answers does not decide that).
-                    self.attempt_failed(auction, error, !late);
+                    // A winner that refused an award sent before its bid expired is to blame
+                    // (what it answers does not decide that). One we could not reach is left
+                    // out of the next auction but not blamed: the network may be at fault.
+                    let blame = error == "award_refused" && !late;
+                    self.attempt_failed(auction, error, blame);
                 }
             }
         }
@@ -1362,10 +1367,14 @@ async fn verify(spec: TaskSpec, output: Output, content: ContentService) -> Resu
         (TaskSpec::Matmul { n, a, b }, Output::MatmulProduct(c)) => {
             let (a, b) = futures::try_join!(content.get(a, true), content.get(b, true))
                 .map_err(|_| Failure::ours("input_failed"))?;
-            let c = content
-                .get(c, true)
-                .await
-                .map_err(|_| Failure::provider("fetch_failed"))?;
+            let c = content.get(c, true).await.map_err(|e| match e {
+                // Our own content service being overloaded or stopping is not the
+                // provider's doing.
+                crate::content::ContentError::Busy | crate::content::ContentError::Stopped => {
+                    Failure::ours("verify_failed")
+                }
+                _ => Failure::provider("fetch_failed"),
+            })?;
             let n = n as usize;
             tokio::task::spawn_blocking(move || {
                 let parse = |bytes: &Bytes| Matrix::from_bytes(n, bytes);
@@ -1467,19 +1476,36 @@ impl Execution {
             },
         );
         let frame = Request::Result(result.bytes).encode();
-        self.p2p
-            .connect(a.requester)
-            .await
-            .map_err(|e| format!("requester unreachable: {e}"))?;
-        let answer = self
-            .p2p
-            .request::<Market>(a.requester, frame)
-            .await
-            .map_err(|e| e.to_string())?;
-        match wire::decode_response(&answer) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(format!("result refused: {reason}")),
-            Err(e) => Err(format!("bad answer: {e}")),
+        // A transient failure must not cost the task: retry until the deadline.
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let sent = async {
+                self.p2p
+                    .connect(a.requester)
+                    .await
+                    .map_err(|e| format!("requester unreachable: {e}"))?;
+                self.p2p
+                    .request::<Market>(a.requester, frame.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match sent.await {
+                Ok(answer) => {
+                    return match wire::decode_response(&answer) {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(reason)) => Err(format!("result refused: {reason}")),
+                        Err(e) => Err(format!("bad answer: {e}")),
+                    };
+                }
+                Err(e) if attempt >= RESULT_SENDS || Instant::now() >= deadline => {
+                    return Err(format!("result not delivered after {attempt} tries: {e}"));
+                }
+                Err(e) => {
+                    tracing::debug!(auction = %a.auction_id, error = e, "result not delivered; retrying");
+                    tokio::time::sleep(RESULT_RETRY_AFTER * attempt).await;
+                }
+            }
         }
     }
 }
