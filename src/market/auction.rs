@@ -231,7 +231,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::market::wire::{AuctionId, TaskSpec, WireMessage, open, sign};
+    use crate::market::wire::{AuctionId, TaskSpec, open, sign};
 
     fn announcement(key: &Keypair, auction_type: AuctionType, weighted: bool) -> Announcement {
         Announcement {
@@ -437,7 +437,6 @@ mod tests {
             open::<Announcement>(&bid(&a, &p, 10).bytes).unwrap_err(),
             Refusal::WrongType
         );
-        let _ = Bid::PAYLOAD_TYPE;
     }
 
     #[test]

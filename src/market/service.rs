@@ -267,7 +267,6 @@ pub struct MarketActor {
     tasks: HashMap<AuctionId, Task>,
     order: VecDeque<AuctionId>,
     running: HashMap<AuctionId, Running>,
-    preparing: usize,
     pending_bids: HashMap<AuctionKey, PendingBid>,
     executing: usize,
     observed: LruCache<AuctionKey, Observed>,
@@ -318,7 +317,6 @@ impl MarketService {
             tasks: HashMap::new(),
             order: VecDeque::new(),
             running: HashMap::new(),
-            preparing: 0,
             pending_bids: HashMap::new(),
             executing: 0,
             observed: LruCache::new(std::num::NonZeroUsize::new(OBSERVED).expect("nonzero")),
@@ -527,7 +525,6 @@ impl MarketActor {
         task.log(format!("submitted ({kind})"));
         self.metrics.task_submitted(kind);
         self.remember(task);
-        self.preparing += 1;
         let content = self.content.clone();
         self.jobs.spawn(async move {
             let result = prepare(request, content).await;
@@ -1021,23 +1018,20 @@ impl MarketActor {
                     Job::Done
                 });
             }
-            Job::Prepared { task, result } => {
-                self.preparing -= 1;
-                match result {
-                    Ok(spec) => {
-                        if let Some(t) = self.tasks.get_mut(&task) {
-                            t.spec = spec;
-                        }
-                        self.announce(task);
+            Job::Prepared { task, result } => match result {
+                Ok(spec) => {
+                    if let Some(t) = self.tasks.get_mut(&task) {
+                        t.spec = spec;
                     }
-                    Err(e) => {
-                        tracing::warn!(task = %task, error = %e, "cannot prepare task");
-                        let kind = self.tasks.get(&task).map_or("matmul", |t| t.kind);
-                        self.metrics.task_error(kind, "input_failed");
-                        self.finish(task, "failed", Some("input_failed"), None);
-                    }
+                    self.announce(task);
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(task = %task, error = %e, "cannot prepare task");
+                    let kind = self.tasks.get(&task).map_or("matmul", |t| t.kind);
+                    self.metrics.task_error(kind, "input_failed");
+                    self.finish(task, "failed", Some("input_failed"), None);
+                }
+            },
             Job::AwardDelivered {
                 auction,
                 task,

@@ -23,14 +23,10 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/zerostate.market.v1.rs"));
 }
 
+pub use crate::p2p::{AUCTIONS_TOPIC, MARKET_PROTOCOL, RESULTS_TOPIC};
+
 /// Domain-separation string of every market signature.
 pub const DOMAIN: &str = "zerostate-market";
-/// The request-response protocol for bids, awards and task results.
-pub const MARKET_PROTOCOL: &str = "/zerostate/market/1";
-/// Gossip topic of auction announcements.
-pub const AUCTIONS_TOPIC: &str = "/zerostate/auctions/1";
-/// Gossip topic of auction results (signed awards).
-pub const RESULTS_TOPIC: &str = "/zerostate/auction-results/1";
 
 /// Most bids one auction takes; later ones are refused (`auction_full`), so a swarm of
 /// identities cannot grow a requester's memory.
@@ -41,10 +37,12 @@ pub const AUCTION_ID_LEN: usize = 16;
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 /// Largest signed award envelope (it embeds an announcement and two bids).
 pub const MAX_AWARD_BYTES: usize = 16 * 1024;
-/// Largest market request on the wire.
-pub const MAX_REQUEST_BYTES: usize = MAX_AWARD_BYTES + 64;
-/// Largest market response on the wire.
-pub const MAX_RESPONSE_BYTES: usize = 256;
+/// Largest market request on the wire (the frame codec's limit).
+pub const MAX_REQUEST_BYTES: usize = crate::p2p::MAX_MARKET_REQUEST_BYTES as usize;
+// A signed award and its request framing must fit the codec's frame.
+const _: () = assert!(MAX_REQUEST_BYTES >= MAX_AWARD_BYTES + 16);
+/// Largest market response on the wire (the frame codec's limit).
+pub const MAX_RESPONSE_BYTES: usize = crate::p2p::MAX_MARKET_RESPONSE_BYTES as usize;
 /// Largest `PowTask.input`.
 pub const MAX_POW_INPUT: usize = 1024;
 /// Range of `PowTask.difficulty`.
@@ -115,30 +113,6 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Every reason, for tests and documentation.
-    pub const ALL: [Refusal; 20] = [
-        Self::Oversized,
-        Self::Malformed,
-        Self::WrongType,
-        Self::BadSignature,
-        Self::WrongSigner,
-        Self::BadField,
-        Self::Expired,
-        Self::TooFarFuture,
-        Self::UnknownAuction,
-        Self::WrongRequester,
-        Self::AfterDeadline,
-        Self::AboveMaxPrice,
-        Self::Replay,
-        Self::DuplicateBidder,
-        Self::Excluded,
-        Self::BadPrice,
-        Self::BadBids,
-        Self::NotWinner,
-        Self::Unexpected,
-        Self::AuctionFull,
-    ];
-
     /// The reason as a metric label and on the wire.
     pub fn label(self) -> &'static str {
         match self {

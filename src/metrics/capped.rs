@@ -29,11 +29,6 @@ impl<K: Hash + Eq + Clone> CappedKeys<K> {
         }
     }
 
-    /// Forgets `key` (its series were removed for another reason).
-    pub fn remove(&mut self, key: &K) -> bool {
-        self.keys.pop(key).is_some()
-    }
-
     /// Whether `key` has series (does not count as activity).
     pub fn contains(&self, key: &K) -> bool {
         self.keys.contains(key)
@@ -67,7 +62,6 @@ mod tests {
         assert_eq!(keys.touch("a"), None);
         assert_eq!(keys.touch("c"), Some("b"));
         assert_eq!(keys.len(), 2);
-        assert!(keys.remove(&"a"));
-        assert_eq!(keys.touch("d"), None);
+        assert!(keys.contains(&"a") && !keys.contains(&"b"));
     }
 }

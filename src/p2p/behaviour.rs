@@ -33,11 +33,13 @@ pub const MAX_KAD_RECORD_BYTES: usize = 4 * 1024;
 
 /// Versioned gossipsub topics the node subscribes to. The subscription filter allows exactly
 /// these, so peers cannot make us track arbitrary topics.
-pub const TOPICS: &[&str] = &[
-    "/zerostate/auctions/1",
-    "/zerostate/auction-results/1",
-    "/zerostate/disputes/1",
-];
+pub const TOPICS: &[&str] = &[AUCTIONS_TOPIC, RESULTS_TOPIC, DISPUTES_TOPIC];
+/// Auction announcements (the market's).
+pub const AUCTIONS_TOPIC: &str = "/zerostate/auctions/1";
+/// Auction results: signed awards (the market's).
+pub const RESULTS_TOPIC: &str = "/zerostate/auction-results/1";
+/// Dispute evidence (payment channels, still to come).
+pub const DISPUTES_TOPIC: &str = "/zerostate/disputes/1";
 
 /// The agent string announced through identify.
 pub fn agent_version() -> String {

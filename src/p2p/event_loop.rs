@@ -583,18 +583,16 @@ impl EventLoop {
         if let Some((peer, request, channel)) =
             settle_outbound(event, &mut self.content_requests, "content")
         {
+            let inbox = self.routes.content.as_ref();
             let answer = route_request(
-                self.routes.content.as_ref(),
+                inbox,
                 &self.answers,
                 &self.metrics,
                 "content",
                 peer,
                 request,
             );
-            if let Some(answer) = answer {
-                self.answers
-                    .push(answer.map(|r| Answer::Content(channel, r)).boxed());
-            }
+            self.await_answer(answer, |r| Answer::Content(channel, r));
         }
     }
 
@@ -602,18 +600,23 @@ impl EventLoop {
         if let Some((peer, request, channel)) =
             settle_outbound(event, &mut self.market_requests, "market")
         {
-            let answer = route_request(
-                self.routes.market.as_ref(),
-                &self.answers,
-                &self.metrics,
-                "market",
-                peer,
-                request,
-            );
-            if let Some(answer) = answer {
-                self.answers
-                    .push(answer.map(|r| Answer::Market(channel, r)).boxed());
-            }
+            let inbox = self.routes.market.as_ref();
+            let answer =
+                route_request(inbox, &self.answers, &self.metrics, "market", peer, request);
+            self.await_answer(answer, |r| Answer::Market(channel, r));
+        }
+    }
+
+    /// Waits for a routed request's answer (if it was routed), then hands it to `on_answer`.
+    fn await_answer<Resp, F>(
+        &mut self,
+        answer: Option<impl std::future::Future<Output = Option<Resp>> + Send + 'static>,
+        wrap: F,
+    ) where
+        F: FnOnce(Option<Resp>) -> Answer + Send + 'static,
+    {
+        if let Some(answer) = answer {
+            self.answers.push(answer.map(wrap).boxed());
         }
     }
 

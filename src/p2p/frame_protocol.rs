@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 
 /// The market's protocol: bids, awards and task results (see docs/PROTOCOL.md).
 pub const MARKET_PROTOCOL: StreamProtocol = StreamProtocol::new("/zerostate/market/1");
-/// Largest market request frame.
+/// Largest market request frame: one signed award (at most 16 KiB) and its framing.
 pub const MAX_MARKET_REQUEST_BYTES: u64 = 16 * 1024 + 64;
 /// Largest market response frame.
 pub const MAX_MARKET_RESPONSE_BYTES: u64 = 256;

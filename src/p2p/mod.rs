@@ -25,7 +25,8 @@ use transport::FreshPortDials;
 use crate::metrics::{OutcomeLabels, ReasonLabels};
 
 pub use behaviour::{
-    Behaviour, KAD_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES, PROTOCOL_VERSION, TOPICS, agent_version,
+    AUCTIONS_TOPIC, Behaviour, DISPUTES_TOPIC, KAD_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES,
+    PROTOCOL_VERSION, RESULTS_TOPIC, TOPICS, agent_version,
 };
 pub use config::{DiscoveryConfig, LimitsConfig, MonitorConfig, P2pConfig};
 pub use content_protocol::{
