@@ -18,6 +18,7 @@ pub use crate::http::ApiConfig;
 pub use crate::market::{MarketConfig, ProviderConfig, ReputationConfig};
 pub use crate::metrics::MetricsConfig;
 pub use crate::p2p::{DiscoveryConfig, LimitsConfig, MonitorConfig, P2pConfig};
+pub use crate::payments::PaymentsConfig;
 
 /// Prefix of every environment variable that sets a config key.
 pub const ENV_PREFIX: &str = "ZEROSTATE_";
@@ -59,6 +60,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The task market: auctions, providing, reputation.
     pub market: MarketConfig,
+    /// Payment channels and the wallet.
+    pub payments: PaymentsConfig,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             content: ContentConfig::default(),
             metrics: MetricsConfig::default(),
             market: MarketConfig::default(),
+            payments: PaymentsConfig::default(),
         }
     }
 }
@@ -479,7 +483,19 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=100_000).contains(&self.metrics.max_channel_series) {
+            return Err(invalid(
+                "metrics.max_channel_series",
+                format!(
+                    "{} is out of range: use a value from 1 to 100000",
+                    self.metrics.max_channel_series
+                ),
+            ));
+        }
         self.market
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        self.payments
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {

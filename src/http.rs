@@ -37,6 +37,8 @@ use crate::health::Health;
 use crate::market::{MarketError, MarketService, TaskRequest};
 use crate::metrics::{self, ReasonLabels};
 use crate::p2p::{HandleError, P2pHandle};
+use crate::payments::wire::ChannelId;
+use crate::payments::{PaymentsError, PaymentsService};
 
 /// HTTP server settings (the `[api]` config section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +110,8 @@ pub struct Services {
     pub content: ContentService,
     /// The task market.
     pub market: MarketService,
+    /// Payment channels and the wallet.
+    pub payments: PaymentsService,
 }
 
 /// What the handlers share.
@@ -117,6 +121,7 @@ pub struct ApiState {
     p2p: P2pHandle,
     content: ContentService,
     market: MarketService,
+    payments: PaymentsService,
     token: Arc<str>,
     bootstrap_configured: bool,
     token_hint: Arc<str>,
@@ -141,6 +146,7 @@ impl ApiState {
             p2p: services.p2p,
             content: services.content,
             market: services.market,
+            payments: services.payments,
             token: token.into(),
             bootstrap_configured,
             token_hint: token_hint.into(),
@@ -214,9 +220,15 @@ pub fn router(state: ApiState, config: &ApiConfig, max_object_bytes: u64) -> Rou
         .route("/api/v1/tasks", get(list_tasks))
         .route("/api/v1/tasks/{id}", get(show_task))
         .route("/api/v1/reputation", get(reputation))
+        .route("/api/v1/wallet", get(wallet))
+        .route("/api/v1/channels", get(list_channels))
+        .route("/api/v1/channels/{id}", get(show_channel))
         .merge(
             Router::new()
                 .route("/api/v1/tasks", post(submit_task))
+                .route("/api/v1/channels", post(open_channel))
+                .route("/api/v1/channels/{id}/pay", post(pay_channel))
+                .route("/api/v1/channels/{id}/close", post(close_channel))
                 .route("/api/v1/peers/dial", post(dial))
                 .route("/api/v1/blocklist", post(block))
                 .route("/api/v1/blocklist/{peer_id}", delete(unblock))
@@ -521,6 +533,13 @@ async fn list_tasks(
     State(state): State<ApiState>,
     query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = page(query)?;
+    Ok(Json(state.market.tasks(q.offset, q.limit).await?).into_response())
+}
+
+fn page(
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<PageQuery, ApiError> {
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     if q.limit == 0 || q.limit > MAX_PAGE {
@@ -529,12 +548,125 @@ async fn list_tasks(
             format!("`limit` must be 1..={MAX_PAGE}"),
         ));
     }
-    Ok(Json(state.market.tasks(q.offset, q.limit).await?).into_response())
+    Ok(q)
 }
 
 async fn reputation(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let peers = state.market.reputation().await?;
     Ok(Json(json!({ "peers": peers })).into_response())
+}
+
+impl From<PaymentsError> for ApiError {
+    fn from(e: PaymentsError) -> Self {
+        use crate::payments::wire::ChannelError as C;
+        let status = match &e {
+            PaymentsError::Channel(C::InsufficientFunds | C::Settled | C::Closing) => {
+                StatusCode::CONFLICT
+            }
+            PaymentsError::Channel(C::TooManyChannels) | PaymentsError::Busy => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            PaymentsError::Channel(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            PaymentsError::UnknownChannel => StatusCode::NOT_FOUND,
+            PaymentsError::Refused(_) => StatusCode::CONFLICT,
+            PaymentsError::Pending => StatusCode::ACCEPTED,
+            PaymentsError::Ledger(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            PaymentsError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+async fn wallet(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    Ok(Json(state.payments.wallet().await?).into_response())
+}
+
+async fn list_channels(
+    State(state): State<ApiState>,
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = page(query)?;
+    Ok(Json(state.payments.channels(q.offset, q.limit).await?).into_response())
+}
+
+fn parse_channel(id: &str) -> Result<ChannelId, ApiError> {
+    id.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{id}` is not a channel id: {e}"),
+        )
+    })
+}
+
+async fn show_channel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.payments.channel(parse_channel(&id)?).await? {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no channel {id} on this node"),
+        )),
+    }
+}
+
+/// `POST /api/v1/channels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenRequest {
+    peer_id: String,
+    deposit: u64,
+    #[serde(default)]
+    peer_deposit: u64,
+}
+
+async fn open_channel(
+    State(state): State<ApiState>,
+    body: Result<Json<OpenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let peer = parse_peer(&body.peer_id)?;
+    let view = state
+        .payments
+        .open(peer, body.deposit, body.peer_deposit)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `POST /api/v1/channels/{id}/pay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayRequest {
+    amount: u64,
+}
+
+async fn pay_channel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<PayRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_channel(&id)?;
+    let Json(body) = body?;
+    Ok(Json(state.payments.pay(id, body.amount).await?).into_response())
+}
+
+/// `POST /api/v1/channels/{id}/close`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseRequest {
+    #[serde(default)]
+    unilateral: bool,
+}
+
+async fn close_channel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<CloseRequest>>,
+) -> Result<Response, ApiError> {
+    let id = parse_channel(&id)?;
+    let unilateral = body.is_some_and(|Json(b)| b.unilateral);
+    Ok(Json(state.payments.close(id, unilateral).await?).into_response())
 }
 
 #[cfg(test)]

@@ -5,16 +5,19 @@
 //! the HTTP server exposes on `/metrics`.
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod content;
 pub mod content_id;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod ledger;
 pub mod market;
 pub mod metrics;
 pub mod node;
 pub mod p2p;
+pub mod payments;
 
 pub use config::Config;
 pub use node::{NodeHandle, start};

@@ -19,13 +19,16 @@ use crate::content::{CacheMetrics, ContentCache, ContentMetrics, ContentService}
 use crate::health::{Health, supervise};
 use crate::http::{self, ApiState, HttpMetrics};
 use crate::identity::{self, IdentityError};
+use crate::ledger::{Ledger, LedgerError};
 use crate::market::kinds::{BuiltIn, Executor};
 use crate::market::wire::{AUCTIONS_TOPIC, RESULTS_TOPIC};
-use crate::market::{MarketMetrics, MarketService};
+use crate::market::{MarketDeps, MarketMetrics, MarketService};
 use crate::metrics;
 use crate::p2p::{
     self, EventLoop, MonitorMetrics, P2pError, P2pHandle, P2pMetrics, PeerMonitor, Routes,
 };
+use crate::payments::wire::DISPUTES_TOPIC;
+use crate::payments::{PaymentMetrics, PaymentsService};
 
 /// Name of the file, in the data dir, that tells tools where a running node can be reached.
 pub const NODE_INFO_FILE: &str = "node.json";
@@ -42,6 +45,9 @@ pub enum NodeError {
     /// The HTTP server could not bind.
     #[error("{0}")]
     Http(std::io::Error),
+    /// The ledger could not be opened.
+    #[error("{0} (is another process using this data dir, or is the file damaged?)")]
+    Ledger(#[from] LedgerError),
 }
 
 /// A running node.
@@ -52,6 +58,8 @@ pub struct NodeHandle {
     p2p: P2pHandle,
     content: ContentService,
     market: MarketService,
+    payments: PaymentsService,
+    ledger_thread: crate::ledger::LedgerThread,
     registry: Arc<Registry>,
     health: Health,
     cancel: CancellationToken,
@@ -90,6 +98,11 @@ impl NodeHandle {
         &self.market
     }
 
+    /// The node's payment channels and wallet.
+    pub fn payments(&self) -> &PaymentsService {
+        &self.payments
+    }
+
     /// The node's metrics registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -111,6 +124,11 @@ impl NodeHandle {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        // Every holder of the ledger has stopped: wait until it is closed, so the data dir
+        // can be used again at once.
+        drop(self.payments);
+        drop(self.market);
+        self.ledger_thread.join().await;
         tracing::info!(peer_id = %self.peer_id, "node stopped");
     }
 }
@@ -160,6 +178,8 @@ pub async fn start_with_executor(
     let content_metrics = ContentMetrics::register(zs);
     let http_metrics = HttpMetrics::register(zs);
     let market_metrics = MarketMetrics::register(zs, config.metrics.max_peer_series);
+    let payment_metrics = PaymentMetrics::register(zs, config.metrics.max_channel_series);
+    let (ledger, loaded, ledger_thread) = Ledger::open(&data_dir)?;
     let (swarm, libp2p_metrics) = p2p::build_swarm(key.clone(), &p2p_config, zs, &p2p_metrics)?;
     let registry = Arc::new(registry);
 
@@ -174,21 +194,39 @@ pub async fn start_with_executor(
         EventLoop::new(swarm, &p2p_config, libp2p_metrics, p2p_metrics, monitor);
     let (content, content_actor, content_inbox) =
         ContentService::new(cache, p2p.clone(), config.content.clone(), content_metrics);
+    let (convicted, convictions) = tokio::sync::mpsc::channel(256);
+    let (payments, payments_actor, channel_inbox, disputes_gossip) = PaymentsService::new(
+        key.clone(),
+        p2p.clone(),
+        ledger.clone(),
+        &loaded,
+        config.payments.clone(),
+        payment_metrics,
+        convicted,
+    );
     let (market, market_actor, market_inbox, market_gossip) = MarketService::new(
         key,
         p2p.clone(),
         content.clone(),
         config.market.clone(),
         market_metrics,
-        &data_dir,
+        MarketDeps {
+            ledger,
+            reputation: loaded.reputation,
+            data_dir: data_dir.clone(),
+            payments: payments.clone(),
+            convictions,
+        },
         executor,
     );
     let event_loop = event_loop.with_routes(Routes {
         content: Some(content_inbox),
         market: Some(market_inbox),
+        channel: Some(channel_inbox),
         gossip: [
             (AUCTIONS_TOPIC, market_gossip.clone()),
             (RESULTS_TOPIC, market_gossip),
+            (DISPUTES_TOPIC, disputes_gossip),
         ]
         .into(),
     });
@@ -214,6 +252,12 @@ pub async fn start_with_executor(
         health.clone(),
         cancel.clone(),
     ));
+    tasks.spawn(supervise(
+        "the payments service",
+        payments_actor.run(cancel.clone()),
+        health.clone(),
+        cancel.clone(),
+    ));
 
     let state = ApiState::new(
         registry.clone(),
@@ -221,6 +265,7 @@ pub async fn start_with_executor(
             p2p: p2p.clone(),
             content: content.clone(),
             market: market.clone(),
+            payments: payments.clone(),
         },
         api_token.clone(),
         config
@@ -254,6 +299,8 @@ pub async fn start_with_executor(
         p2p,
         content,
         market,
+        payments,
+        ledger_thread,
         registry,
         health,
         cancel,

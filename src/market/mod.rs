@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use metrics::MarketMetrics;
 pub use reputation::ReputationConfig;
-pub use service::{MarketActor, MarketService, Observed};
+pub use service::{MarketActor, MarketDeps, MarketService, Observed, escrow_id};
 pub use view::{AttemptView, BidView, PeerReputation, TaskPage, TaskRequest, TaskView};
 
 /// Market settings (`[market]`).

@@ -30,15 +30,20 @@ use super::wire::{
 };
 use super::{MarketConfig, MarketError};
 use crate::content::ContentService;
-use crate::identity;
+use crate::ledger::{Ledger, Write};
 use crate::p2p::{GossipMessage, InboundRequest, Market, MarketInbox, P2pHandle, Verdict};
+use crate::payments::PaymentsService;
+use crate::payments::wire::EscrowId;
 
 /// Capacity of the command channel.
 const COMMAND_QUEUE: usize = 64;
 /// Capacity of the inboxes for requests and gossip.
 const INBOX: usize = 256;
-/// Name of the reputation file in the data dir.
+/// Name of the file in the data dir where reputation was kept before the ledger; it is
+/// imported into the ledger once, then removed.
 pub const REPUTATION_FILE: &str = "reputation.json";
+/// Slack added to an escrow's expiry beyond the task's own time limits, for clock skew.
+const ESCROW_SLACK_MS: u64 = 5_000;
 /// Auctions remembered as observed (from results gossip).
 const OBSERVED: usize = 4096;
 /// How long after the bid deadline a bid's capacity stays reserved awaiting an award.
@@ -50,7 +55,7 @@ const BIDS_PER_WORKER: usize = 4;
 /// Most tries to deliver a task result, and the pause after the first failed one (growing).
 const RESULT_SENDS: u32 = 3;
 const RESULT_RETRY_AFTER: Duration = Duration::from_millis(500);
-/// How often the reputation file is rewritten when it changed.
+/// How often reputation is written to the ledger when it changed.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// An auction as other nodes know it: its requester and its id. The id alone is chosen by
@@ -271,36 +276,72 @@ pub struct MarketActor {
     executing: usize,
     observed: LruCache<AuctionKey, Observed>,
     reputation: Reputation,
-    reputation_path: PathBuf,
+    /// The reputation file of an older version, removed once imported into the ledger.
+    legacy_file: Option<PathBuf>,
+    ledger: Ledger,
+    payments: PaymentsService,
+    convictions: mpsc::Receiver<PeerId>,
     dirty: bool,
+}
+
+/// The escrow id of a task's auction: 32 bytes bound to the requester and the auction, so
+/// neither side can mistake one task's escrow for another's.
+pub fn escrow_id(requester: &PeerId, auction: AuctionId) -> EscrowId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"zerostate-escrow\0");
+    h.update(&requester.to_bytes());
+    h.update(&auction.0);
+    EscrowId(*h.finalize().as_bytes())
+}
+
+/// What the market keeps in the node: where it persists, how it pays, who was convicted.
+pub struct MarketDeps {
+    /// The ledger, for reputation.
+    pub ledger: Ledger,
+    /// The reputation table as the ledger held it at start.
+    pub reputation: Option<Vec<u8>>,
+    /// The node's data dir (for the reputation file of older versions).
+    pub data_dir: PathBuf,
+    /// Escrow for awarded tasks.
+    pub payments: PaymentsService,
+    /// Peers that dispute evidence convicted of cheating.
+    pub convictions: mpsc::Receiver<PeerId>,
 }
 
 impl MarketService {
     /// Creates the market: its handle, its actor, and the inboxes for the event loop
-    /// (market requests; gossip of the auctions and results topics). Reputation is loaded
-    /// from `data_dir`; tasks are executed by `executor`.
-    #[allow(clippy::too_many_arguments)]
+    /// (market requests; gossip of the auctions and results topics). Reputation comes from
+    /// the ledger; tasks are executed by `executor`.
     pub fn new(
         key: Keypair,
         p2p: P2pHandle,
         content: ContentService,
         config: MarketConfig,
         metrics: MarketMetrics,
-        data_dir: &std::path::Path,
+        deps: MarketDeps,
         executor: Arc<dyn Executor>,
     ) -> (Self, MarketActor, MarketInbox, mpsc::Sender<GossipMessage>) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (req_tx, req_rx) = mpsc::channel(INBOX);
         let (gossip_tx, gossip_rx) = mpsc::channel(INBOX);
-        let reputation_path = data_dir.join(REPUTATION_FILE);
-        let reputation = match std::fs::read(&reputation_path) {
-            Ok(bytes) => Reputation::from_json(config.reputation.clone(), &bytes)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(path = %reputation_path.display(), error = %e, "ignoring unreadable reputation file");
-                    Reputation::new(config.reputation.clone())
-                }),
-            Err(_) => Reputation::new(config.reputation.clone()),
+        let legacy = deps.data_dir.join(REPUTATION_FILE);
+        let (stored, legacy_file) = match deps.reputation {
+            Some(bytes) => (Some(bytes), None),
+            None => match std::fs::read(&legacy) {
+                Ok(bytes) => (Some(bytes), Some(legacy)),
+                Err(_) => (None, None),
+            },
         };
+        let reputation = match stored {
+            Some(bytes) => {
+                Reputation::from_json(config.reputation.clone(), &bytes).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "ignoring unreadable reputation records");
+                    Reputation::new(config.reputation.clone())
+                })
+            }
+            None => Reputation::new(config.reputation.clone()),
+        };
+        let dirty = legacy_file.is_some();
         let actor = MarketActor {
             local: key.public().to_peer_id(),
             key,
@@ -321,8 +362,11 @@ impl MarketService {
             executing: 0,
             observed: LruCache::new(std::num::NonZeroUsize::new(OBSERVED).expect("nonzero")),
             reputation,
-            reputation_path,
-            dirty: false,
+            legacy_file,
+            ledger: deps.ledger,
+            payments: deps.payments,
+            convictions: deps.convictions,
+            dirty,
         };
         (Self { commands: tx }, actor, req_tx, gossip_tx)
     }
@@ -345,7 +389,7 @@ async fn after(delay: Duration, timer: Timer) -> Job {
 }
 
 impl MarketActor {
-    /// Runs until `cancel` fires or every handle is gone; writes the reputation file last.
+    /// Runs until `cancel` fires or every handle is gone; writes reputation last.
     pub async fn run(mut self, cancel: CancellationToken) {
         self.block_banned_peers();
         let mut persist = tokio::time::interval(PERSIST_EVERY);
@@ -358,6 +402,13 @@ impl MarketActor {
                     None => break,
                 },
                 Some(request) = self.requests.recv() => self.on_request(request),
+                Some(cheater) = self.convictions.recv() => {
+                    let update = self.reputation.misbehaved(cheater, now_ms());
+                    self.peer_updated(cheater, &update.record);
+                    if update.banned {
+                        self.ban(cheater, self.config.reputation.ban_secs * 1000);
+                    }
+                }
                 Some(message) = self.gossip.recv() => self.on_gossip(message),
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
                     Ok(job) => self.on_job(job),
@@ -378,7 +429,7 @@ impl MarketActor {
         self.jobs.shutdown().await;
         if self.dirty {
             let bytes = self.reputation.to_json();
-            if let Err(e) = identity::write_private(&self.reputation_path, &bytes) {
+            if let Err(e) = self.ledger.commit(vec![Write::Reputation(bytes)]).await {
                 tracing::warn!(error = %e, "cannot save reputation");
             }
         }
@@ -398,10 +449,17 @@ impl MarketActor {
     fn persist(&mut self) {
         self.dirty = false;
         let bytes = self.reputation.to_json();
-        let path = self.reputation_path.clone();
-        self.jobs.spawn_blocking(move || {
-            if let Err(e) = identity::write_private(&path, &bytes) {
-                tracing::warn!(error = %e, "cannot save reputation");
+        let ledger = self.ledger.clone();
+        let legacy = self.legacy_file.take();
+        self.jobs.spawn(async move {
+            match ledger.commit(vec![Write::Reputation(bytes)]).await {
+                Err(e) => tracing::warn!(error = %e, "cannot save reputation"),
+                Ok(()) => {
+                    if let Some(path) = legacy {
+                        // Imported into the ledger: the old file has served its purpose.
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
             }
             Job::Done
         });
@@ -707,10 +765,17 @@ impl MarketActor {
                         p.bid.bytes == a.body.winner_bid.bytes
                             && p.announcement.bytes == a.body.announcement.bytes
                     });
+                let locked = self
+                    .payments
+                    .escrows()
+                    .locked(&a.signer, &escrow_id(&a.signer, a.body.auction_id()));
                 if a.body.winner() != self.local || !mine {
                     Err(Refusal::NotWinner)
                 } else if a.signer != peer {
                     Err(Refusal::WrongSigner)
+                } else if locked.is_none_or(|amount| amount < a.body.price) {
+                    // No execution without the price locked for us first.
+                    Err(Refusal::NoEscrow)
                 } else {
                     Ok(a)
                 }
@@ -1147,7 +1212,30 @@ impl MarketActor {
         let winner_expires_ms = selection.winner.bid.body.expires_at_ms;
         let frame = Request::Award(signed.bytes).encode();
         let limit = Duration::from_millis(self.config.award_timeout_ms);
+        // The price is locked in escrow before the award goes out: the winner checks it
+        // before executing. It may be refunded once the task's time is up.
+        let payments = self.payments.clone();
+        let escrow = escrow_id(&self.local, auction);
+        let price = selection.price;
+        let kind = announcement.task.kind();
+        let expires_at_ms = now_ms()
+            + self.config.award_timeout_ms
+            + u64::from(announcement.execution_timeout_ms)
+            + self.config.verify_timeout_ms
+            + ESCROW_SLACK_MS;
         self.jobs.spawn(async move {
+            if let Err(e) = payments
+                .lock(winner, escrow, price, expires_at_ms, kind)
+                .await
+            {
+                return Job::AwardDelivered {
+                    auction,
+                    task,
+                    award,
+                    late: false,
+                    result: Err(("escrow_failed", e.to_string())),
+                };
+            }
             let late = now_ms() > winner_expires_ms;
             let deliver = async {
                 // The bid's connection may have closed since: find the winner again.
@@ -1195,6 +1283,8 @@ impl MarketActor {
         };
         let auction_type = running.book.announcement().auction_type.label();
         self.metrics.auction(auction_type, "completed");
+        self.payments
+            .release(winner, escrow_id(&self.local, auction));
         let took = awarded_at.elapsed().as_millis() as u64;
         let update = self.reputation.success(winner, took, price, now_ms());
         self.peer_updated(winner, &update.record);
@@ -1231,6 +1321,16 @@ impl MarketActor {
                 Some((winner, awarded_at))
             }
         };
+        if let Some((winner, _)) = winner {
+            // Whatever was locked for this attempt goes back (once the lock expires).
+            let reason = if error == "timeout" {
+                "timeout"
+            } else {
+                "failed"
+            };
+            self.payments
+                .refund(winner, escrow_id(&self.local, auction), reason);
+        }
         if blame && let Some((winner, awarded_at)) = winner {
             let took = awarded_at.elapsed().as_millis() as u64;
             let update = self.reputation.failure(winner, took, now_ms());

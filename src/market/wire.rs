@@ -23,6 +23,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/zerostate.market.v1.rs"));
 }
 
+pub use crate::clock::now_ms;
 pub use crate::p2p::{AUCTIONS_TOPIC, MARKET_PROTOCOL, RESULTS_TOPIC};
 
 /// Domain-separation string of every market signature.
@@ -110,6 +111,8 @@ pub enum Refusal {
     Unexpected,
     /// The auction already holds [`MAX_BIDS_PER_AUCTION`] bids.
     AuctionFull,
+    /// An award whose price the requester has not locked in escrow for the winner.
+    NoEscrow,
 }
 
 impl Refusal {
@@ -136,6 +139,7 @@ impl Refusal {
             Self::NotWinner => "not_winner",
             Self::Unexpected => "unexpected",
             Self::AuctionFull => "auction_full",
+            Self::NoEscrow => "no_escrow",
         }
     }
 
@@ -739,12 +743,4 @@ pub fn decode_response(bytes: &[u8]) -> Result<Result<(), String>, Refusal> {
     } else {
         Ok(Err(m.reason.chars().take(MAX_REASON_LEN).collect()))
     }
-}
-
-/// The current Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

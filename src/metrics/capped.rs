@@ -29,6 +29,11 @@ impl<K: Hash + Eq + Clone> CappedKeys<K> {
         }
     }
 
+    /// Forgets `key` (its series were removed). Returns whether it had series.
+    pub fn remove(&mut self, key: &K) -> bool {
+        self.keys.pop(key).is_some()
+    }
+
     /// Whether `key` has series (does not count as activity).
     pub fn contains(&self, key: &K) -> bool {
         self.keys.contains(key)

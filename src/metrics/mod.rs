@@ -41,12 +41,16 @@ pub struct MetricsConfig {
     /// Most peers with series in each peer-labelled family; the least recently active peer's
     /// series are removed to make room.
     pub max_peer_series: usize,
+    /// Most channels with series in `channel_balances`; a settled channel's series are
+    /// removed, and the least recently active channel's to make room.
+    pub max_channel_series: usize,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             max_peer_series: 100,
+            max_channel_series: 100,
         }
     }
 }

@@ -17,7 +17,8 @@ use prometheus_client::registry::Registry;
 use super::config::P2pConfig;
 use super::content_protocol::{CONTENT_PROTOCOL, ContentCodec};
 use super::frame_protocol::{
-    FrameCodec, MARKET_PROTOCOL, MAX_MARKET_REQUEST_BYTES, MAX_MARKET_RESPONSE_BYTES,
+    CHANNEL_PROTOCOL, FrameCodec, MARKET_PROTOCOL, MAX_CHANNEL_FRAME_BYTES,
+    MAX_MARKET_REQUEST_BYTES, MAX_MARKET_RESPONSE_BYTES,
 };
 use super::ip_limits::PendingPerIp;
 use super::providers::ProviderLimits;
@@ -38,7 +39,7 @@ pub const TOPICS: &[&str] = &[AUCTIONS_TOPIC, RESULTS_TOPIC, DISPUTES_TOPIC];
 pub const AUCTIONS_TOPIC: &str = "/zerostate/auctions/1";
 /// Auction results: signed awards (the market's).
 pub const RESULTS_TOPIC: &str = "/zerostate/auction-results/1";
-/// Dispute evidence (payment channels, still to come).
+/// Dispute evidence (the payment channels').
 pub const DISPUTES_TOPIC: &str = "/zerostate/disputes/1";
 
 /// The agent string announced through identify.
@@ -97,6 +98,8 @@ pub struct Behaviour {
     pub content: request_response::Behaviour<ContentCodec>,
     /// `/zerostate/market/1`: bids, awards and task results, as opaque bounded frames.
     pub market: request_response::Behaviour<FrameCodec>,
+    /// `/zerostate/channel/1`: payment channel states and closes, as opaque bounded frames.
+    pub channel: request_response::Behaviour<FrameCodec>,
     /// Gossipsub with signed, validated messages.
     pub gossipsub:
         gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
@@ -112,14 +115,15 @@ pub enum BehaviourError {
 
 impl Behaviour {
     /// Builds the behaviour for `key`, registering gossipsub's own metrics into `registry`.
-    /// `malformed_content` and `malformed_market` count requests the codecs refuse, `refused_pending`
-    /// connections refused by the per-IP cap.
+    /// `malformed_content`, `malformed_market` and `malformed_channel` count requests the
+    /// codecs refuse, `refused_pending` connections refused by the per-IP cap.
     pub fn new(
         key: &Keypair,
         config: &P2pConfig,
         registry: &mut Registry,
         malformed_content: Counter,
         malformed_market: Counter,
+        malformed_channel: Counter,
         refused_pending: Counter,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
@@ -237,6 +241,18 @@ impl Behaviour {
                 .with_max_concurrent_streams(64),
         );
 
+        let channel = request_response::Behaviour::with_codec(
+            FrameCodec::new(
+                MAX_CHANNEL_FRAME_BYTES,
+                MAX_CHANNEL_FRAME_BYTES,
+                malformed_channel,
+            ),
+            [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(10))
+                .with_max_concurrent_streams(64),
+        );
+
         Ok(Self {
             ip_limits: PendingPerIp::new(l.max_pending_incoming_per_ip, refused_pending),
             limits,
@@ -250,6 +266,7 @@ impl Behaviour {
             kad,
             content,
             market,
+            channel,
             gossipsub,
         })
     }

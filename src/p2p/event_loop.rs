@@ -51,6 +51,7 @@ const MAX_ANNOUNCED_ADDRS: usize = 32;
 enum Answer {
     Content(ResponseChannel<ContentResponse>, Option<ContentResponse>),
     Market(ResponseChannel<Vec<u8>>, Option<Vec<u8>>),
+    Channel(ResponseChannel<Vec<u8>>, Option<Vec<u8>>),
     Verdict {
         id: MessageId,
         from: PeerId,
@@ -76,6 +77,7 @@ pub struct EventLoop {
     address_book: AddressBook,
     content_requests: HashMap<OutboundRequestId, Reply<ContentResponse>>,
     market_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
+    channel_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
     /// Callers waiting for a connection to a peer, and the lookups finding its addresses.
     connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     peer_lookups: HashMap<kad::QueryId, PeerId>,
@@ -134,6 +136,7 @@ impl EventLoop {
             address_book: AddressBook::default(),
             content_requests: HashMap::new(),
             market_requests: HashMap::new(),
+            channel_requests: HashMap::new(),
             connects: HashMap::new(),
             peer_lookups: HashMap::new(),
             bootstrap,
@@ -266,6 +269,18 @@ impl EventLoop {
                     .market
                     .send_request(&peer, request);
                 self.market_requests.insert(id, reply);
+            }
+            Command::Request(Outbound::Channel {
+                peer,
+                request,
+                reply,
+            }) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .channel
+                    .send_request(&peer, request);
+                self.channel_requests.insert(id, reply);
             }
             Command::Connect(peer, reply) => self.connect(peer, reply),
             Command::Dial(addr, reply) => {
@@ -461,6 +476,7 @@ impl EventLoop {
             }
             BehaviourEvent::Content(event) => self.on_content_event(event),
             BehaviourEvent::Market(event) => self.on_market_event(event),
+            BehaviourEvent::Channel(event) => self.on_channel_event(event),
             BehaviourEvent::IpLimits(never)
             | BehaviourEvent::Limits(never)
             | BehaviourEvent::Blocked(never) => match never {},
@@ -533,6 +549,10 @@ impl EventLoop {
                 let market = &mut self.swarm.behaviour_mut().market;
                 respond(market, channel, response, &self.metrics, "market");
             }
+            Answer::Channel(channel, response) => {
+                let behaviour = &mut self.swarm.behaviour_mut().channel;
+                respond(behaviour, channel, response, &self.metrics, "channel");
+            }
             Answer::Verdict {
                 id,
                 from,
@@ -604,6 +624,23 @@ impl EventLoop {
             let answer =
                 route_request(inbox, &self.answers, &self.metrics, "market", peer, request);
             self.await_answer(answer, |r| Answer::Market(channel, r));
+        }
+    }
+
+    fn on_channel_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        if let Some((peer, request, channel)) =
+            settle_outbound(event, &mut self.channel_requests, "channel")
+        {
+            let inbox = self.routes.channel.as_ref();
+            let answer = route_request(
+                inbox,
+                &self.answers,
+                &self.metrics,
+                "channel",
+                peer,
+                request,
+            );
+            self.await_answer(answer, |r| Answer::Channel(channel, r));
         }
     }
 

@@ -16,6 +16,11 @@ pub const MARKET_PROTOCOL: StreamProtocol = StreamProtocol::new("/zerostate/mark
 pub const MAX_MARKET_REQUEST_BYTES: u64 = 16 * 1024 + 64;
 /// Largest market response frame.
 pub const MAX_MARKET_RESPONSE_BYTES: u64 = 256;
+/// The payment channels' protocol: opens, state updates and closes (see docs/PROTOCOL.md).
+pub const CHANNEL_PROTOCOL: StreamProtocol = StreamProtocol::new("/zerostate/channel/1");
+/// Largest channel request or response frame: a close or a dispute, each one signed state
+/// (at most 8 KiB) with its signatures and framing.
+pub const MAX_CHANNEL_FRAME_BYTES: u64 = 9 * 1024;
 
 /// Codec of size-limited opaque frames. Request-response reports no event when reading a
 /// request fails, so the codec counts the requests it refuses itself.

@@ -34,12 +34,15 @@ pub use content_protocol::{
     MAX_REQUEST_BYTES, Payload,
 };
 pub use event_loop::EventLoop;
-pub use frame_protocol::{MARKET_PROTOCOL, MAX_MARKET_REQUEST_BYTES, MAX_MARKET_RESPONSE_BYTES};
+pub use frame_protocol::{
+    CHANNEL_PROTOCOL, MARKET_PROTOCOL, MAX_CHANNEL_FRAME_BYTES, MAX_MARKET_REQUEST_BYTES,
+    MAX_MARKET_RESPONSE_BYTES,
+};
 pub use handle::{Command, HandleError, NetStatus, P2pHandle, PublishError};
 pub use monitor::{MonitorMetrics, PeerInfo, PeerMonitor, PeerState};
 pub use routing::{
-    Content, ContentInbox, GossipMessage, InboundRequest, Market, MarketInbox, RequestError,
-    RequestProtocol, Routes, Verdict,
+    Content, ContentInbox, FrameInbox, GossipMessage, InboundRequest, Market, MarketInbox,
+    PaymentChannel, RequestError, RequestProtocol, Routes, Verdict,
 };
 
 /// Errors starting the swarm.
@@ -216,6 +219,7 @@ pub fn build_swarm(
         registry,
         metrics.malformed_counter("content"),
         metrics.malformed_counter("market"),
+        metrics.malformed_counter("channel"),
         metrics.connections_refused_counter("pending_per_ip"),
     )?;
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry);

@@ -67,8 +67,12 @@ pub struct GossipMessage {
 /// The inbox of the content service.
 pub type ContentInbox = mpsc::Sender<InboundRequest<ContentRequest, ContentResponse>>;
 
-/// The inbox of the market service: raw request frames, raw response frames.
-pub type MarketInbox = mpsc::Sender<InboundRequest<Vec<u8>, Vec<u8>>>;
+/// The inbox of a service whose protocol carries opaque frames: raw request frames, raw
+/// response frames.
+pub type FrameInbox = mpsc::Sender<InboundRequest<Vec<u8>, Vec<u8>>>;
+
+/// The inbox of the market service.
+pub type MarketInbox = FrameInbox;
 
 /// Where the event loop sends inbound traffic. Built by `node.rs`, which owns the services.
 #[derive(Debug, Default)]
@@ -77,6 +81,8 @@ pub struct Routes {
     pub content: Option<ContentInbox>,
     /// `/zerostate/market/1` requests. Without a service, every request is refused.
     pub market: Option<MarketInbox>,
+    /// `/zerostate/channel/1` requests. Without a service, every request is refused.
+    pub channel: Option<FrameInbox>,
     /// Gossip per topic. A topic without a service rejects what arrives on it.
     pub gossip: HashMap<&'static str, mpsc::Sender<GossipMessage>>,
 }
@@ -149,6 +155,15 @@ pub enum Outbound {
         /// The response frame.
         reply: Reply<Vec<u8>>,
     },
+    /// `/zerostate/channel/1`.
+    Channel {
+        /// To whom.
+        peer: PeerId,
+        /// The request frame.
+        request: Vec<u8>,
+        /// The response frame.
+        reply: Reply<Vec<u8>>,
+    },
 }
 
 /// A request-response protocol a service can use through [`super::P2pHandle::request`].
@@ -188,6 +203,23 @@ impl RequestProtocol for Market {
 
     fn outbound(peer: PeerId, request: Vec<u8>, reply: Reply<Vec<u8>>) -> Outbound {
         Outbound::Market {
+            peer,
+            request,
+            reply,
+        }
+    }
+}
+
+/// The payment channels' protocol: opaque frames the payments service encodes and decodes.
+#[derive(Debug)]
+pub struct PaymentChannel;
+
+impl RequestProtocol for PaymentChannel {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    fn outbound(peer: PeerId, request: Vec<u8>, reply: Reply<Vec<u8>>) -> Outbound {
+        Outbound::Channel {
             peer,
             request,
             reply,

@@ -140,7 +140,7 @@ impl request_response::Codec for RawCodec {
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
         let mut buf = Vec::new();
-        io.take(1024).read_to_end(&mut buf).await?;
+        io.take(64 * 1024).read_to_end(&mut buf).await?;
         Ok(buf)
     }
 

@@ -59,10 +59,20 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
         "content_id" | "metrics" | "health" => &[],
-        "identity" => &[],
+        "identity" | "clock" | "ledger" => &[],
         "p2p" => &["content_id", "metrics"],
         "content" => &["content_id", "metrics", "p2p"],
-        "market" => &["content", "content_id", "identity", "metrics", "p2p"],
+        "payments" => &["clock", "ledger", "metrics", "p2p"],
+        "market" => &[
+            "clock",
+            "content",
+            "content_id",
+            "identity",
+            "ledger",
+            "metrics",
+            "p2p",
+            "payments",
+        ],
         "http" | "config" | "node" | "client" => return None,
         other => panic!("module `{other}` has no place in the layering; add it to this test"),
     })

@@ -19,30 +19,35 @@ use zerostate::market::wire::{
     self, AUCTIONS_TOPIC, Announcement, AuctionId, AuctionType, Award, Bid, DOMAIN, RESULTS_TOPIC,
     Request, Signed, TaskSpec, WireMessage, now_ms, open, pb, sign,
 };
-use zerostate::p2p::MARKET_PROTOCOL;
+use zerostate::p2p::{CHANNEL_PROTOCOL, MARKET_PROTOCOL};
+use zerostate::payments::channel::{Channel, Op};
+use zerostate::payments::wire::{self as channel_wire, ChannelId, EscrowId};
 
 use crate::common::*;
 use crate::market::{market_config, pow, sum_where};
 
 #[derive(NetworkBehaviour)]
-struct RawMarketBehaviour {
+pub(crate) struct RawMarketBehaviour {
     gossipsub: gossipsub::Behaviour,
     market: request_response::Behaviour<RawCodec>,
+    channel: request_response::Behaviour<RawCodec>,
 }
 
 enum Cmd {
     Publish(&'static str, Vec<u8>),
     Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, String>>),
+    ChannelRequest(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, String>>),
 }
 
-/// A raw swarm that speaks the market protocol by hand. Inbound market requests are
-/// answered "accepted" and handed to the test; gossip it receives is handed over too.
-struct RawMarket {
-    key: Keypair,
-    id: PeerId,
+/// A raw swarm that speaks the market and channel protocols by hand. Inbound market requests
+/// are answered "accepted" and handed to the test; inbound channel states are countersigned
+/// as they come; gossip it receives is handed over too.
+pub(crate) struct RawMarket {
+    pub(crate) key: Keypair,
+    pub(crate) id: PeerId,
     cmds: mpsc::Sender<Cmd>,
     requests: mpsc::Receiver<(PeerId, Vec<u8>)>,
-    gossip: mpsc::Receiver<(String, Vec<u8>)>,
+    pub(crate) gossip: mpsc::Receiver<(String, Vec<u8>)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -53,7 +58,7 @@ impl Drop for RawMarket {
 }
 
 impl RawMarket {
-    async fn spawn(targets: &[&NodeHandle]) -> Self {
+    pub(crate) async fn spawn(targets: &[&NodeHandle]) -> Self {
         Self::spawn_with(targets, false).await
     }
 
@@ -84,6 +89,12 @@ impl RawMarket {
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(20)),
                 ),
+                channel: request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(20)),
+                ),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -110,8 +121,10 @@ impl RawMarket {
         let (cmds, mut rx) = mpsc::channel(64);
         let (req_tx, requests) = mpsc::channel(256);
         let (gossip_tx, gossip) = mpsc::channel(256);
+        let signer = key.clone();
         let task = tokio::spawn(async move {
             let mut pending = std::collections::HashMap::new();
+            let mut channel_pending = std::collections::HashMap::new();
             loop {
                 tokio::select! {
                     cmd = rx.recv() => match cmd {
@@ -121,6 +134,10 @@ impl RawMarket {
                         Some(Cmd::Request(peer, bytes, reply)) => {
                             let id = swarm.behaviour_mut().market.send_request(&peer, bytes);
                             pending.insert(id, reply);
+                        }
+                        Some(Cmd::ChannelRequest(peer, bytes, reply)) => {
+                            let id = swarm.behaviour_mut().channel.send_request(&peer, bytes);
+                            channel_pending.insert(id, reply);
                         }
                         None => return,
                     },
@@ -142,6 +159,30 @@ impl RawMarket {
                             }
                             request_response::Event::OutboundFailure { request_id, error, .. } => {
                                 if let Some(reply) = pending.remove(&request_id) {
+                                    let _ = reply.send(Err(error.to_string()));
+                                }
+                            }
+                            _ => {}
+                        },
+                        SwarmEvent::Behaviour(RawMarketBehaviourEvent::Channel(e)) => match e {
+                            request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. } => {
+                                // Countersigns whatever state it is offered (a lenient payee).
+                                let answer = match channel_wire::Request::decode(&request) {
+                                    Ok(channel_wire::Request::Open(p) | channel_wire::Request::Update(p)) => {
+                                        channel_wire::Response::Countersig(channel_wire::sign_state(&signer, &p.bytes))
+                                    }
+                                    Ok(channel_wire::Request::Close(_)) => channel_wire::Response::CloseAccepted,
+                                    Err(e) => channel_wire::Response::Refused(e.label().into()),
+                                };
+                                let _ = swarm.behaviour_mut().channel.send_response(channel, answer.encode(0));
+                            }
+                            request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. } => {
+                                if let Some(reply) = channel_pending.remove(&request_id) {
+                                    let _ = reply.send(Ok(response));
+                                }
+                            }
+                            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                                if let Some(reply) = channel_pending.remove(&request_id) {
                                     let _ = reply.send(Err(error.to_string()));
                                 }
                             }
@@ -177,8 +218,75 @@ impl RawMarket {
         me
     }
 
-    async fn publish(&self, topic: &'static str, data: Vec<u8>) {
+    pub(crate) async fn publish(&self, topic: &'static str, data: Vec<u8>) {
         self.cmds.send(Cmd::Publish(topic, data)).await.unwrap();
+    }
+
+    /// Sends a raw channel frame; returns the node's decoded answer and highest number.
+    pub(crate) async fn channel_request(
+        &self,
+        peer: PeerId,
+        request: &channel_wire::Request,
+    ) -> Result<(channel_wire::Response, u64), String> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::ChannelRequest(peer, request.encode(), tx))
+            .await
+            .unwrap();
+        let bytes = rx.await.unwrap()?;
+        channel_wire::Response::decode(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// Opens a channel to `peer` with `deposit`, by the rules.
+    pub(crate) async fn open_channel(&self, peer: PeerId, deposit: u64) -> Channel {
+        let (mut channel, proposal) =
+            Channel::open(&self.key, peer, ChannelId::random(), deposit, 0, now_ms()).unwrap();
+        let answer = self
+            .channel_request(peer, &channel_wire::Request::Open(proposal))
+            .await
+            .unwrap();
+        let channel_wire::Response::Countersig(sig) = answer.0 else {
+            panic!("the node refused to open: {answer:?}");
+        };
+        channel.countersigned(&sig, now_ms()).unwrap();
+        channel
+    }
+
+    /// Proposes `op` in `channel`, by the rules; returns the node's answer.
+    pub(crate) async fn propose(&self, channel: &mut Channel, op: &Op) -> channel_wire::Response {
+        let proposal = channel.propose(&self.key, op, now_ms()).unwrap();
+        let (answer, highest) = self
+            .channel_request(channel.peer(), &channel_wire::Request::Update(proposal))
+            .await
+            .unwrap();
+        match &answer {
+            channel_wire::Response::Countersig(sig) => {
+                channel.countersigned(sig, now_ms()).unwrap();
+            }
+            _ => {
+                channel.refused(highest, now_ms());
+            }
+        }
+        answer
+    }
+
+    /// Locks `amount` for `peer` under `escrow`, in a new channel.
+    pub(crate) async fn lock_escrow(&self, peer: PeerId, escrow: EscrowId, amount: u64) {
+        let mut channel = self.open_channel(peer, amount).await;
+        let answer = self
+            .propose(
+                &mut channel,
+                &Op::Lock {
+                    escrow_id: escrow,
+                    amount,
+                    expires_at_ms: now_ms() + 60_000,
+                },
+            )
+            .await;
+        assert!(
+            matches!(answer, channel_wire::Response::Countersig(_)),
+            "{answer:?}"
+        );
     }
 
     /// Sends a raw frame; returns the node's answer (`Ok(reason)`: refused with a reason,
@@ -816,6 +924,19 @@ async fn a_requester_that_understates_the_second_price_is_refused_by_winner_and_
     };
     let signed = sign(&liar.key, award);
     let frame = Request::Award(signed.bytes.clone()).encode();
+    // Without the price locked for it, the winner does not take the award.
+    assert_eq!(
+        liar.request(winner.body.bidder, frame.clone())
+            .await
+            .as_deref(),
+        Ok("no_escrow")
+    );
+    liar.lock_escrow(
+        winner.body.bidder,
+        zerostate::market::escrow_id(&liar.id, a.body.auction_id),
+        runner_up.body.price,
+    )
+    .await;
     assert_eq!(
         liar.request(winner.body.bidder, frame).await.as_deref(),
         Ok("")

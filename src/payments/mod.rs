@@ -1,0 +1,171 @@
+//! Payment channels and escrow: numbered states signed by both parties, exchanged over
+//! `/zerostate/channel/1`, settled cooperatively or unilaterally, disputed with a higher
+//! state, and kept in the crash-safe [`crate::ledger`].
+//!
+//! There is no chain: balances are credits between peers. The service is an actor
+//! ([`PaymentsActor`]) around the pure channel state machine ([`channel`]) and the wire
+//! format ([`wire`]); it persists every state before it reveals or acknowledges it.
+
+pub mod channel;
+mod metrics;
+pub mod record;
+mod service;
+mod view;
+pub mod wire;
+
+use serde::{Deserialize, Serialize};
+
+pub use metrics::PaymentMetrics;
+pub use service::{EscrowBook, PaymentsActor, PaymentsService};
+pub use view::{ChannelPage, ChannelView, LockView, WalletView};
+
+use crate::ledger::LedgerError;
+use wire::ChannelError;
+
+/// Payment settings (`[payments]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// The wallet's credit on the node's first start (later starts keep the ledger's).
+    pub initial_credit: u64,
+    /// Deposit of a channel the node opens by itself to lock a task's escrow (at least the
+    /// price).
+    pub channel_deposit: u64,
+    /// Most this node puts into a channel that a peer opens and asks a deposit of it.
+    pub max_counterparty_deposit: u64,
+    /// Challenge window of a unilateral close, in seconds: the other party may dispute it
+    /// with a higher state until then.
+    pub challenge_secs: u64,
+    /// A channel whose peer has not answered for this long while something is waiting on
+    /// it (a proposal, an expired escrow) is closed unilaterally, in seconds.
+    pub vanished_close_secs: u64,
+    /// Most unsettled channels this node holds; more opens are refused.
+    pub max_channels: usize,
+    /// Most unsettled channels one peer may open with this node.
+    pub max_channels_per_peer: usize,
+    /// How long an API call waits for the peer's countersignature, in milliseconds. A state
+    /// not countersigned by then stays pending and is re-sent.
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            initial_credit: 1_000_000,
+            channel_deposit: 100_000,
+            max_counterparty_deposit: 0,
+            challenge_secs: 60,
+            vanished_close_secs: 600,
+            max_channels: 1024,
+            max_channels_per_peer: 8,
+            ack_timeout_ms: 8_000,
+        }
+    }
+}
+
+impl PaymentsConfig {
+    /// Checks ranges; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let max = wire::MAX_AMOUNT;
+        for (key, value) in [
+            ("payments.initial_credit", self.initial_credit),
+            ("payments.channel_deposit", self.channel_deposit),
+            (
+                "payments.max_counterparty_deposit",
+                self.max_counterparty_deposit,
+            ),
+        ] {
+            if value > max {
+                return Err((key, format!("{value} is above the largest amount, {max}")));
+            }
+        }
+        if self.channel_deposit == 0 {
+            return Err(("payments.channel_deposit", "must be at least 1".into()));
+        }
+        if !(1..=86_400).contains(&self.challenge_secs) {
+            return Err((
+                "payments.challenge_secs",
+                format!("{} is out of range: use 1 to 86400", self.challenge_secs),
+            ));
+        }
+        if !(1..=604_800).contains(&self.vanished_close_secs) {
+            return Err((
+                "payments.vanished_close_secs",
+                format!(
+                    "{} is out of range: use 1 to 604800",
+                    self.vanished_close_secs
+                ),
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_channels) {
+            return Err((
+                "payments.max_channels",
+                format!("{} is out of range: use 1 to 100000", self.max_channels),
+            ));
+        }
+        if !(1..=1_000).contains(&self.max_channels_per_peer) {
+            return Err((
+                "payments.max_channels_per_peer",
+                format!(
+                    "{} is out of range: use 1 to 1000",
+                    self.max_channels_per_peer
+                ),
+            ));
+        }
+        if !(100..=600_000).contains(&self.ack_timeout_ms) {
+            return Err((
+                "payments.ack_timeout_ms",
+                format!("{} is out of range: use 100 to 600000", self.ack_timeout_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the payments API.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PaymentsError {
+    /// The operation breaks a channel rule (see the reason).
+    #[error("{0}: {hint}", hint = hint(*.0))]
+    Channel(ChannelError),
+    /// No channel with that id.
+    #[error("no channel with that id")]
+    UnknownChannel,
+    /// The peer refused the state.
+    #[error("the peer refused: {0}")]
+    Refused(String),
+    /// The peer has not countersigned in time; the signed state is kept and re-sent.
+    #[error(
+        "the peer has not countersigned yet; the state is kept and re-sent until it does (see the channel's `pending`)"
+    )]
+    Pending,
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The service has stopped.
+    #[error("the payments service has stopped")]
+    Stopped,
+    /// Too many operations are queued on the channel.
+    #[error("too many operations are waiting on this channel; retry later")]
+    Busy,
+}
+
+fn hint(e: ChannelError) -> &'static str {
+    match e {
+        ChannelError::InsufficientFunds => "not enough funds in the wallet or the channel",
+        ChannelError::Settled => "the channel is settled; open a new one",
+        ChannelError::Closing => "the channel is closing",
+        ChannelError::Overflow => "the amount is above the largest allowed (2^50)",
+        ChannelError::Empty => "the amount must be at least 1",
+        ChannelError::Busy => "the channel is still opening; retry in a moment",
+        ChannelError::TooManyChannels => "this node holds too many channels",
+        ChannelError::InvalidTransition => "close needs every escrow released or refunded first",
+        _ => "see docs/PROTOCOL.md",
+    }
+}
+
+impl From<ChannelError> for PaymentsError {
+    fn from(e: ChannelError) -> Self {
+        Self::Channel(e)
+    }
+}
