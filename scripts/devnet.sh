@@ -38,6 +38,17 @@ Commands:
   down      SIGTERM the devnet's nodes (only pids that are still this
             devnet's zerostate processes), SIGKILL what is left after
             ${DEVNET_STOP_TIMEOUT}s. Safe to run repeatedly.
+  kill N    Crash drill: SIGKILL node N (1 = node-1), once its recorded pid
+            is verified to still be that node's zerostate process, and wait
+            until it is gone. Its data dir, node.json and log stay.
+  restart N Restart node N from DEVNET_DIR/node-N with the same ports and
+            peer id (from node-N/$PORTS_FILE, which 'up' writes, or from
+            node-N/node.json), whether it is stopped, was killed or still
+            runs (then SIGTERM, SIGKILL after ${DEVNET_STOP_TIMEOUT}s). It bootstraps from node 1
+            (node 1 from node 2), or if that one is down from the first
+            running node. Retries for a few seconds while a port is still in
+            use; waits for its /ready, then prints its peer id and addresses.
+            The log is appended to node-N/node.log.
   load [--rate R] [--duration SECONDS]
             Run 'zerostate load' against the running devnet, one --data-dir
             per running node: submit R tasks per second (default 2, may be
@@ -54,22 +65,25 @@ Environment:
                           'cargo build --release --bin zerostate' in the repo
                           and uses target/release/zerostate; 'load' uses
                           target/release/zerostate as it is and builds it only
-                          if it does not exist.
+                          if it does not exist. 'restart' runs the binary the
+                          devnet was started with, unless ZEROSTATE_BIN is set.
   DEVNET_DIR              devnet directory (default: <repo>/.devnet, now
                           $DEVNET_DIR). Node i uses DEVNET_DIR/node-i as its
                           data dir and DEVNET_DIR/node-i/node.log as its log;
                           DEVNET_DIR/node-i/devnet.pid records its pid and
                           start time.
-  DEVNET_TIMEOUT          seconds 'up' waits for the nodes (default 60)
-  DEVNET_STOP_TIMEOUT     seconds 'down' waits before SIGKILL (default 10)
+  DEVNET_TIMEOUT          seconds 'up' and 'restart' wait for the nodes
+                          (default 60)
+  DEVNET_STOP_TIMEOUT     seconds 'down' and 'restart' wait before SIGKILL
+                          (default 10)
   DEVNET_SCRAPE_INTERVAL  Prometheus scrape interval (default 5s)
   ZEROSTATE_LOG           node log filter (default info)
   ZEROSTATE_CONFIG        optional config file passed through to the nodes
 
-'up' and 'down' hold an exclusive lock on DEVNET_DIR/devnet.lock (flock) while
-they run; a second 'up' or 'down' on the same directory fails at once. 'load'
-takes no lock, and ignores ZEROSTATE_API_TOKEN (each node's token is read from
-its data dir).
+'up', 'down', 'kill' and 'restart' hold an exclusive lock on
+DEVNET_DIR/devnet.lock (flock) while they run; another of them on the same
+directory fails at once. 'status' and 'load' take no lock; 'load' ignores
+ZEROSTATE_API_TOKEN (each node's token is read from its data dir).
 
 Requires: bash, curl, jq, flock (util-linux).
 EOF
@@ -398,17 +412,23 @@ resolve_bin() {
     (cd -- "$(dirname -- "$bin")" && printf '%s/%s\n' "$(pwd -P)" "$(basename -- "$bin")")
 }
 
-# start_node INDEX [BOOTSTRAP_ADDR]: start node INDEX in the background and
-# record it in LAUNCHED and in its PID_FILE. Sets NODE_PID and NODE_START (the
-# start time, empty if the process was already gone).
+# start_node INDEX [BOOTSTRAP_ADDR [TCP_ADDR QUIC_ADDR HTTP_ADDR]]: start node
+# INDEX in the background and record it in LAUNCHED and in its PID_FILE. The
+# node listens on TCP_ADDR and QUIC_ADDR (multiaddrs without /p2p) and serves
+# HTTP on HTTP_ADDR (host:port); each defaults to port 0 on 127.0.0.1 ('up'),
+# 'restart' passes the ports the node had. An empty BOOTSTRAP_ADDR means none.
+# Sets NODE_PID and NODE_START (the start time, empty if the process was
+# already gone).
 start_node() {
     local idx="$1" bootstrap="${2:-}"
+    local tcp="${3:-/ip4/127.0.0.1/tcp/0}" quic="${4:-/ip4/127.0.0.1/udp/0/quic-v1}"
+    local http="${5:-127.0.0.1:0}"
     local dir="$DEVNET_DIR/node-$idx"
     local -a args=(node
         --data-dir "$dir"
-        --listen /ip4/127.0.0.1/tcp/0
-        --listen /ip4/127.0.0.1/udp/0/quic-v1
-        --http 127.0.0.1:0)
+        --listen "$tcp"
+        --listen "$quic"
+        --http "$http")
     [[ -z "$bootstrap" ]] || args+=(--bootstrap "$bootstrap")
     mkdir -p "$dir"
     # setsid + nohup: the node gets its own session and outlives this script
@@ -441,26 +461,43 @@ node_json_pid() {
     jq -r '.pid // empty' "$DEVNET_DIR/node-$1/node.json" 2>/dev/null || true
 }
 
+# node_json_state INDEX LAUNCH_PID LAUNCH_START [STALE_PID]: 0 if node INDEX
+# has written a node.json with a peer id, an HTTP address and a TCP listen
+# address, 1 if not yet, 2 if the launched process has exited (and node.json
+# names no other process of this node). A node.json whose pid is STALE_PID
+# (the previous process's, on 'restart') does not count.
+node_json_state() {
+    local idx="$1" launch_pid="$2" launch_start="$3" stale="${4:-}"
+    local dir="$DEVNET_DIR/node-$idx" f="$DEVNET_DIR/node-$idx/node.json" pid
+    if [[ -f "$f" ]] && jq -e --arg stale "$stale" '
+            (.peer_id | type == "string") and (.http | type == "string")
+            and any(.listen_addrs[]?; test("/tcp/[0-9]+(/p2p/[^/]+)?$"))
+            and ($stale == "" or (.pid | tostring) != $stale)' \
+            "$f" >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! launched_alive "$launch_pid" "$launch_start"; then
+        pid="$(node_json_pid "$idx")"
+        if [[ -z "$pid" || "$pid" == "$stale" ]] || ! adopt_pid "$dir" "$pid" "$BIN"; then
+            return 2
+        fi
+    fi
+    return 1
+}
+
 # wait_node_json INDEX LAUNCH_PID LAUNCH_START DEADLINE: wait until node INDEX
 # has written a node.json with a peer id, an HTTP address and a TCP listen
 # address. Fails (with the log tail) if the process exits or the deadline passes.
 wait_node_json() {
-    local idx="$1" launch_pid="$2" launch_start="$3" deadline="$4"
+    local idx="$1" launch_pid="$2" launch_start="$3" deadline="$4" rc
     local dir="$DEVNET_DIR/node-$idx" f="$DEVNET_DIR/node-$idx/node.json"
     while :; do
-        if [[ -f "$f" ]] && jq -e '
-                (.peer_id | type == "string") and (.http | type == "string")
-                and any(.listen_addrs[]?; test("/tcp/[0-9]+(/p2p/[^/]+)?$"))' \
-                "$f" >/dev/null 2>&1; then
-            return 0
-        fi
-        if ! launched_alive "$launch_pid" "$launch_start"; then
-            local pid
-            pid="$(node_json_pid "$idx")"
-            if [[ -z "$pid" ]] || ! adopt_pid "$dir" "$pid" "$BIN"; then
-                show_log_tail "node-$idx" "$dir/node.log"
-                die "node-$idx exited before it wrote $f"
-            fi
+        rc=0
+        node_json_state "$idx" "$launch_pid" "$launch_start" || rc=$?
+        ((rc != 0)) || return 0
+        if ((rc == 2)); then
+            show_log_tail "node-$idx" "$dir/node.log"
+            die "node-$idx exited before it wrote $f"
         fi
         if ((SECONDS >= deadline)); then
             show_log_tail "node-$idx" "$dir/node.log"
@@ -477,6 +514,64 @@ bootstrap_addr() {
         | [.listen_addrs[] | select(test("/tcp/[0-9]+(/p2p/[^/]+)?$"))][0]
         | if test("/p2p/") then . else . + "/p2p/" + $id end' \
         "$DEVNET_DIR/node-$1/node.json"
+}
+
+# --- ports ---------------------------------------------------------------------
+
+# Each node directory holds PORTS_FILE, written by 'up' once the node is ready:
+# {"peer_id", "tcp", "quic", "http"}, its peer id, TCP and QUIC listen
+# multiaddrs (without /p2p) and HTTP host:port. 'restart' starts the node on
+# these again (node.json only lives as long as the node keeps it).
+PORTS_FILE=ports.json
+# node.json -> PORTS_FILE
+PORTS_JQ='{
+    peer_id: .peer_id,
+    tcp: ([.listen_addrs[]? | sub("/p2p/[^/]+$"; "") | select(test("/tcp/[1-9][0-9]*$"))][0]),
+    quic: ([.listen_addrs[]? | sub("/p2p/[^/]+$"; "") | select(test("/udp/[1-9][0-9]*/quic-v1$"))][0]),
+    http: .http
+}'
+
+# read_ports FILE: set PORT_PEER, PORT_TCP, PORT_QUIC (empty if unknown) and
+# PORT_HTTP from FILE, a PORTS_FILE or a node.json. Fails if FILE is missing or
+# lacks the peer id, the TCP address or the HTTP address.
+read_ports() {
+    local f="$1" filter='.' line=""
+    PORT_PEER="" PORT_TCP="" PORT_QUIC="" PORT_HTTP=""
+    [[ -f "$f" ]] || return 1
+    [[ "${f##*/}" != node.json ]] || filter="$PORTS_JQ"
+    line="$(jq -r "$filter"' | select((.peer_id | type) == "string"
+            and (.tcp | type) == "string" and (.http | type) == "string")
+        | [.peer_id, .tcp, (.quic // "-"), .http] | @tsv' "$f" 2>/dev/null)" || line=""
+    [[ -n "$line" ]] || return 1
+    IFS=$'\t' read -r PORT_PEER PORT_TCP PORT_QUIC PORT_HTTP <<<"$line"
+    [[ "$PORT_QUIC" != - ]] || PORT_QUIC=""
+    [[ -n "$PORT_PEER" && -n "$PORT_TCP" && -n "$PORT_HTTP" ]]
+}
+
+# load_ports INDEX: read_ports from node INDEX's PORTS_FILE, or if that is
+# missing or incomplete, from its node.json. Sets PORTS_FROM to the file used.
+load_ports() {
+    local dir="$DEVNET_DIR/node-$1"
+    PORTS_FROM="$dir/$PORTS_FILE"
+    read_ports "$PORTS_FROM" && return 0
+    PORTS_FROM="$dir/node.json"
+    read_ports "$PORTS_FROM"
+}
+
+# write_ports INDEX: write PORT_* (as read_ports sets them) to node INDEX's PORTS_FILE.
+write_ports() {
+    local f="$DEVNET_DIR/node-$1/$PORTS_FILE"
+    jq -n --arg peer "$PORT_PEER" --arg tcp "$PORT_TCP" --arg quic "$PORT_QUIC" \
+        --arg http "$PORT_HTTP" \
+        '{peer_id: $peer, tcp: $tcp, quic: (if $quic == "" then null else $quic end), http: $http}' \
+        >"$f.tmp" && mv -f -- "$f.tmp" "$f"
+}
+
+# peer_addr INDEX: node INDEX's TCP address with /p2p/<peer id>, from
+# load_ports (empty if unknown). Run it in $(...): it sets PORT_*.
+peer_addr() {
+    load_ports "$1" || return 0
+    printf '%s/p2p/%s\n' "$PORT_TCP" "$PORT_PEER"
 }
 
 # devnet_running: true if any node recorded in DEVNET_DIR is still running.
@@ -565,6 +660,8 @@ print_summary() {
     info ""
     info "Check it:  ${env_prefix}$SCRIPT_DIR/devnet.sh status"
     info "Load it:   ${env_prefix}$SCRIPT_DIR/devnet.sh load [--rate R] [--duration SECONDS]"
+    info "Crash it:  ${env_prefix}$SCRIPT_DIR/devnet.sh kill N"
+    info "Restart:   ${env_prefix}$SCRIPT_DIR/devnet.sh restart N   (same ports and peer id)"
     info "Stop it:   ${env_prefix}$SCRIPT_DIR/devnet.sh down"
 }
 
@@ -668,6 +765,14 @@ cmd_up() {
 
     # Re-read node.json now: listen addresses (e.g. QUIC) may have been added.
     write_outputs "$n"
+    # The ports each node got, for 'restart'.
+    for ((i = 1; i <= n; i++)); do
+        read_ports "$DEVNET_DIR/node-$i/node.json" ||
+            die "cannot save node-$i's ports: its node.json has no peer id, TCP or HTTP address"
+        write_ports "$i" || die "cannot write $DEVNET_DIR/node-$i/$PORTS_FILE"
+        [[ -n "$PORT_QUIC" ]] ||
+            printf '%s: warning: node-%s has no QUIC listen address yet; restart will give it a new QUIC port\n' "$PROG" "$i" >&2
+    done
     UP_DONE=1
     trap - EXIT INT TERM
     print_summary
@@ -740,6 +845,267 @@ cmd_down() {
     else
         die "some nodes could not be stopped"
     fi
+}
+
+# --- kill / restart ----------------------------------------------------------
+
+# How often 'restart' starts a node whose port is still in use, 1s apart.
+RESTART_ATTEMPTS=10
+
+# node_index COMMAND ARG: fail unless ARG is a node number (1 = node-1).
+node_index() {
+    [[ "$2" =~ ^[1-9][0-9]*$ ]] ||
+        die "$1: the node number must be a positive integer (1 for node-1), got '${2:-}'"
+}
+
+# find_node INDEX: set E_NAME, E_PID, E_DIR and E_BIN to the devnet's record of
+# node INDEX (list_nodes). Fails if the devnet has no such node.
+find_node() {
+    local idx="$1" name pid dir bin _rest
+    local -a names=()
+    while IFS=$'\t' read -r name pid dir bin _rest; do
+        [[ -n "$name" ]] || continue
+        names+=("$name")
+        if [[ "$name" == "node-$idx" ]]; then
+            E_NAME=$name E_PID=$pid E_DIR=$dir E_BIN=$bin
+            return 0
+        fi
+    done < <(list_nodes)
+    ((${#names[@]} > 0)) || die "no devnet nodes recorded in $DEVNET_DIR. Start a devnet with: $PROG up"
+    die "node-$idx is not a node of the devnet in $DEVNET_DIR (its nodes: ${names[*]})"
+}
+
+# running_node_pid: set RUN_PID to the pid of the node find_node found if it is
+# running, else fail. A pid counts only if pid_is_node says it is that node:
+# its command line, and the pid and start time 'up' or 'restart' recorded in
+# PID_FILE. Candidates: PID_FILE's pid, the pid in nodes.json, node.json's pid.
+running_node_pid() {
+    local p rec="" _rest
+    RUN_PID=""
+    read -r rec _rest 2>/dev/null <"$E_DIR/$PID_FILE" || true
+    for p in "$rec" "$E_PID" "$(jq -r '.pid // empty' "$E_DIR/node.json" 2>/dev/null || true)"; do
+        [[ -n "$p" ]] || continue
+        if pid_is_node "$p" "$E_DIR" "$E_BIN"; then
+            RUN_PID=$p
+            return 0
+        fi
+    done
+    return 1
+}
+
+# refuse_foreign_node COMMAND: fail if a zerostate node this devnet did not
+# start (not its recorded pid) uses the data dir of the node find_node found,
+# going by the pid in its node.json. Such a process is never signalled.
+refuse_foreign_node() {
+    local p
+    p="$(jq -r '.pid // empty' "$E_DIR/node.json" 2>/dev/null || true)"
+    if [[ -n "$p" ]] && cmdline_is_node "$p" "$E_DIR" -; then
+        die "$1: pid $p runs a zerostate node on $E_NAME's data dir $E_DIR, but it is not the process this devnet recorded; left alone (stop it yourself)"
+    fi
+}
+
+cmd_kill() {
+    local idx="$1"
+    node_index kill "$idx"
+    need jq
+    require_devnet
+    lock_devnet kill
+    find_node "$idx"
+    if ! running_node_pid; then
+        refuse_foreign_node kill
+        die "$E_NAME is not running; start it with: $PROG restart $idx"
+    fi
+    local pid=$RUN_PID start deadline
+    # Checked again right before the signal, as stop_pids does, and the start
+    # time kept: the wait below follows this process, not a reuse of its pid.
+    if ! pid_is_node "$pid" "$E_DIR" "$E_BIN" || ! proc_start "$pid"; then
+        die "$E_NAME is not running; start it with: $PROG restart $idx"
+    fi
+    start=$PROC_START
+    info "Killing $E_NAME (pid $pid) with SIGKILL ..."
+    kill -KILL "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 10))
+    while launched_alive "$pid" "$start"; do
+        ((SECONDS < deadline)) || die "$E_NAME (pid $pid) is still running 10s after SIGKILL"
+        sleep 0.1
+    done
+    info "  $E_NAME (pid $pid): killed (SIGKILL)"
+    info "Restart it with: $PROG restart $idx"
+}
+
+# restart_bootstrap INDEX: the address node INDEX bootstraps from: node 1's
+# (node 1's own: node 2's), or if that node is not running, the first running
+# node's; nothing if no other node runs (a node with a bootstrap peer is only
+# ready once connected). Prints "node-J<TAB>ADDR", or nothing.
+restart_bootstrap() {
+    local idx="$1" name pid dir bin _rest j want=1 addr
+    local -a running=()
+    ((idx != 1)) || want=2
+    while IFS=$'\t' read -r name pid dir bin _rest; do
+        j="${name#node-}"
+        [[ "$j" =~ ^[0-9]+$ && "$j" != "$idx" ]] || continue
+        pid_is_node "$pid" "$dir" "$bin" && running[j]=1
+    done < <(list_nodes)
+    for j in "$want" "${!running[@]}"; do # indices in ascending order
+        [[ "${running[j]:-0}" == 1 ]] || continue
+        addr="$(peer_addr "$j")"
+        if [[ -n "$addr" ]]; then
+            printf 'node-%s\t%s\n' "$j" "$addr"
+            return 0
+        fi
+    done
+    return 0
+}
+
+# set_nodes_json_pid INDEX PID: record node INDEX's new pid (and binary and
+# data dir) in nodes.json, which 'status', 'down' and 'load' go by.
+set_nodes_json_pid() {
+    local f="$DEVNET_DIR/nodes.json"
+    [[ -f "$f" ]] || return 0 # an 'up' that died half-way: list_nodes reads node.json
+    jq --arg name "node-$1" --argjson pid "$2" --arg bin "$BIN" \
+        --arg dir "$DEVNET_DIR/node-$1" \
+        'map(if .name == $name then .pid = $pid | .bin = $bin | .data_dir = $dir else . end)' \
+        "$f" >"$f.tmp" && mv -f -- "$f.tmp" "$f"
+}
+
+cmd_restart() {
+    local idx="$1"
+    node_index restart "$idx"
+    [[ "$DEVNET_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "DEVNET_TIMEOUT must be a positive integer (seconds)"
+    [[ "$DEVNET_STOP_TIMEOUT" =~ ^[0-9]+$ ]] || die "DEVNET_STOP_TIMEOUT must be a whole number of seconds"
+    need curl jq setsid nohup
+    require_devnet
+    lock_devnet restart
+    find_node "$idx"
+    local name="node-$idx" dir="$DEVNET_DIR/node-$idx"
+    [[ -d "$dir" ]] || die "$name has no data dir $dir"
+
+    # The ports to keep, read before anything is stopped.
+    load_ports "$idx" ||
+        die "cannot tell which ports $name used: neither $dir/$PORTS_FILE nor $dir/node.json has its peer id, TCP and HTTP addresses"
+    local peer=$PORT_PEER tcp=$PORT_TCP quic=$PORT_QUIC http=$PORT_HTTP
+    if [[ "$PORTS_FROM" != */"$PORTS_FILE" ]]; then
+        write_ports "$idx" || die "cannot write $dir/$PORTS_FILE"
+    fi
+    if [[ -z "$quic" ]]; then
+        printf '%s: warning: %s has no recorded QUIC address; it gets a new QUIC port\n' "$PROG" "$name" >&2
+        quic=/ip4/127.0.0.1/udp/0/quic-v1
+    fi
+
+    # The binary the devnet runs (nodes.json), unless ZEROSTATE_BIN says otherwise.
+    if [[ -z "${ZEROSTATE_BIN:-}" && "$E_BIN" == /* && -x "$E_BIN" && -f "$E_BIN" ]]; then
+        BIN=$E_BIN
+    else
+        BIN="$(resolve_bin if-missing)"
+    fi
+
+    if running_node_pid; then
+        info "Stopping $name (pid $RUN_PID) ..."
+        printf '%s\t%s\t%s\t%s\n' "$name" "$RUN_PID" "$E_DIR" "$E_BIN" |
+            stop_pids "$DEVNET_STOP_TIMEOUT" || die "$name (pid $RUN_PID) could not be stopped"
+    else
+        refuse_foreign_node restart
+        info "$name is not running."
+    fi
+
+    local boot_line boot="" boot_from=""
+    boot_line="$(restart_bootstrap "$idx")"
+    if [[ -n "$boot_line" ]]; then
+        IFS=$'\t' read -r boot_from boot <<<"$boot_line"
+    fi
+
+    # Like 'up': if this does not finish, stop the node it started.
+    trap cleanup_failed_up EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    local deadline=$((SECONDS + DEVNET_TIMEOUT)) attempt=0 rc stale log_size
+    local tcp_port="${tcp##*/}" quic_port="${quic%/quic-v1}" http_port="${http##*:}"
+    quic_port="${quic_port##*/}"
+    info "Starting $name on tcp $tcp_port, udp $quic_port (QUIC), http $http_port, bootstrap ${boot_from:-none} ..."
+    while :; do
+        attempt=$((attempt + 1))
+        stale="$(node_json_pid "$idx")"
+        log_size="$(stat -c %s -- "$dir/node.log" 2>/dev/null || echo 0)"
+        printf '\n=== %s: restart %s (attempt %d) at %s ===\n' "$PROG" "$name" "$attempt" \
+            "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$dir/node.log"
+        start_node "$idx" "$boot" "$tcp" "$quic" "$http"
+        [[ "$stale" != "$NODE_PID" ]] || stale=""
+        while :; do
+            rc=0
+            node_json_state "$idx" "$NODE_PID" "$NODE_START" "$stale" || rc=$?
+            ((rc == 1)) || break
+            if ((SECONDS >= deadline)); then
+                show_log_tail "$name" "$dir/node.log"
+                die "$name did not write a new node.json within ${DEVNET_TIMEOUT}s"
+            fi
+            sleep 0.2
+        done
+        ((rc == 2)) || break
+        # HTTP and QUIC report EADDRINUSE; a TCP listen error may come
+        # without its reason, but with the node's own hint.
+        if tail -c "+$((log_size + 1))" -- "$dir/node.log" 2>/dev/null |
+            grep -Eqi 'address already in use|os error 98|cannot listen on .*is the port in use'; then
+            if ((attempt < RESTART_ATTEMPTS && SECONDS + 1 < deadline)); then
+                info "  a port of $name is still in use (attempt $attempt of $RESTART_ATTEMPTS); retrying in 1s ..."
+                sleep 1
+                continue
+            fi
+            show_log_tail "$name" "$dir/node.log"
+            die "$name cannot listen on its ports (tcp $tcp_port, udp $quic_port, http $http_port): still in use after $attempt attempts (see who holds them: ss -tulpn | grep -E ':($tcp_port|$quic_port|$http_port)\\b')"
+        fi
+        show_log_tail "$name" "$dir/node.log"
+        die "$name exited before it wrote a new node.json"
+    done
+
+    # From here on, the pid the node reported itself (as in 'up').
+    local pid
+    pid="$(node_json_pid "$idx")"
+    [[ -n "$pid" ]] || pid=$NODE_PID
+    if [[ "$pid" != "$NODE_PID" ]]; then
+        adopt_pid "$dir" "$pid" "$BIN" || true
+        STARTED+=("$(printf '%s\t%s\t%s\t%s' "$name" "$pid" "$dir" "$BIN")")
+    fi
+
+    local code=""
+    while :; do
+        if ! pid_is_node "$pid" "$dir" "$BIN"; then
+            show_log_tail "$name" "$dir/node.log"
+            die "$name (pid $pid) exited before it became ready"
+        fi
+        code="$(http_code "http://$http/ready")"
+        [[ "$code" != 200 ]] || break
+        if ((SECONDS >= deadline)); then
+            info "$name: GET http://$http/ready -> $code" >&2
+            show_log_tail "$name" "$dir/node.log"
+            die "$name did not become ready within ${DEVNET_TIMEOUT}s"
+        fi
+        sleep 0.5
+    done
+
+    set_nodes_json_pid "$idx" "$pid" || die "cannot update $DEVNET_DIR/nodes.json"
+    UP_DONE=1
+    trap - EXIT INT TERM
+
+    # Same identity and ports as before?
+    local f="$dir/node.json" got_peer got_http
+    got_peer="$(jq -r '.peer_id // empty' "$f")"
+    got_http="$(jq -r '.http // empty' "$f")"
+    [[ "$got_peer" == "$peer" ]] ||
+        printf '%s: warning: %s now has peer id %s, not %s as before\n' "$PROG" "$name" "$got_peer" "$peer" >&2
+    [[ "$got_http" == "$http" ]] ||
+        printf '%s: warning: %s now serves HTTP on %s, not %s as before\n' "$PROG" "$name" "$got_http" "$http" >&2
+
+    info "$name restarted (pid $pid) and ready:"
+    {
+        printf '  peer id\t%s\n' "$got_peer"
+        jq -r '.peer_id as $id | .listen_addrs[]?
+            | "  listen\t" + (if test("/p2p/") then . else . + "/p2p/" + $id end)' "$f"
+        printf '  http\t%s\n' "$got_http"
+        printf '  metrics\thttp://%s/metrics\n' "$got_http"
+        printf '  bootstrap\t%s\n' "${boot:-none}"
+        printf '  log\t%s\n' "$dir/node.log"
+    } | table
 }
 
 # --- load --------------------------------------------------------------------
@@ -827,6 +1193,10 @@ main() {
         down)
             (($# == 0)) || die "down takes no arguments"
             cmd_down
+            ;;
+        kill | restart)
+            (($# == 1)) || die "$cmd takes one argument, the node number (1 = node-1)"
+            "cmd_$cmd" "$1"
             ;;
         load)
             cmd_load "$@"

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::identity::TOKEN_FILE;
 use crate::market::{PeerReputation, TaskPage, TaskRequest, TaskView};
 use crate::node::NODE_INFO_FILE;
+use crate::payments::{ChannelPage, ChannelView, WalletView};
 
 /// Why a call to a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +164,61 @@ impl Client {
         let url = format!("{}/api/v1/reputation", self.base);
         let r: Reputation = self.call(self.http.get(url)).await?;
         Ok(r.peers)
+    }
+
+    /// The node's wallet.
+    pub async fn wallet(&self) -> Result<WalletView, ClientError> {
+        let url = format!("{}/api/v1/wallet", self.base);
+        self.call(self.http.get(url)).await
+    }
+
+    /// A page of the node's channels, newest first.
+    pub async fn channels(&self, offset: usize, limit: usize) -> Result<ChannelPage, ClientError> {
+        let url = format!(
+            "{}/api/v1/channels?offset={offset}&limit={limit}",
+            self.base
+        );
+        self.call(self.http.get(url)).await
+    }
+
+    /// A channel.
+    pub async fn channel(&self, id: &str) -> Result<ChannelView, ClientError> {
+        let url = format!("{}/api/v1/channels/{id}", self.base);
+        self.call(self.http.get(url)).await
+    }
+
+    /// Opens a channel to `peer_id`; returns it once the peer countersigned.
+    pub async fn open_channel(
+        &self,
+        peer_id: &str,
+        deposit: u64,
+        peer_deposit: u64,
+    ) -> Result<ChannelView, ClientError> {
+        let url = format!("{}/api/v1/channels", self.base);
+        let body = serde_json::json!({
+            "peer_id": peer_id,
+            "deposit": deposit,
+            "peer_deposit": peer_deposit,
+        });
+        self.call(self.http.post(url).json(&body)).await
+    }
+
+    /// Pays `amount` in a channel; returns it once the peer countersigned.
+    pub async fn pay(&self, id: &str, amount: u64) -> Result<ChannelView, ClientError> {
+        let url = format!("{}/api/v1/channels/{id}/pay", self.base);
+        let body = serde_json::json!({ "amount": amount });
+        self.call(self.http.post(url).json(&body)).await
+    }
+
+    /// Closes a channel, cooperatively or unilaterally.
+    pub async fn close_channel(
+        &self,
+        id: &str,
+        unilateral: bool,
+    ) -> Result<ChannelView, ClientError> {
+        let url = format!("{}/api/v1/channels/{id}/close", self.base);
+        let body = serde_json::json!({ "unilateral": unilateral });
+        self.call(self.http.post(url).json(&body)).await
     }
 }
 

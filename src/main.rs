@@ -43,6 +43,68 @@ enum Command {
     Reputation(ApiArgs),
     /// Submit tasks at a steady rate to running nodes and show progress and latency.
     Load(LoadArgs),
+    /// Show a running node's wallet: its credit, what is in channels and locked in escrow.
+    Wallet(ApiArgs),
+    /// Open, pay, close, list and show a running node's payment channels.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+}
+
+#[derive(Subcommand)]
+enum ChannelCommand {
+    /// Open a channel to a peer; prints it once the peer countersigned state 0.
+    Open {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The peer's id.
+        #[arg(long)]
+        peer: String,
+        /// What this node puts in (from its wallet).
+        #[arg(long)]
+        deposit: u64,
+        /// What the peer is asked to put in (it refuses more than its
+        /// payments.max_counterparty_deposit).
+        #[arg(long, default_value_t = 0)]
+        peer_deposit: u64,
+    },
+    /// Pay an amount to the channel's other party; prints the channel once countersigned.
+    Pay {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The channel id (64 hex digits).
+        id: String,
+        /// The amount, in the smallest unit.
+        amount: u64,
+    },
+    /// Close a channel: cooperatively (both sign a final state), or unilaterally (settles
+    /// after the challenge window unless the peer disputes with a higher state).
+    Close {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The channel id (64 hex digits).
+        id: String,
+        /// Close without the peer's signature (when it does not answer).
+        #[arg(long)]
+        unilateral: bool,
+    },
+    /// List the node's channels, newest first.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Skip this many channels.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Show at most this many (1..=500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show a channel: balances, locks, status.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The channel id (64 hex digits).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +268,10 @@ fn main() -> ExitCode {
         Command::Task(command) => run_client(task_command(command)),
         Command::Reputation(api) => run_client(reputation(api)),
         Command::Load(args) => run_client(load(args)),
+        Command::Wallet(api) => {
+            run_client(async move { print_json(&client(&api)?.wallet().await?) })
+        }
+        Command::Channel(command) => run_client(channel_command(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -350,6 +416,33 @@ async fn task_command(command: TaskCommand) -> anyhow::Result<()> {
         TaskCommand::List { api, offset, limit } => {
             print_json(&client(&api)?.tasks(offset, limit).await?)
         }
+    }
+}
+
+async fn channel_command(command: ChannelCommand) -> anyhow::Result<()> {
+    match command {
+        ChannelCommand::Open {
+            api,
+            peer,
+            deposit,
+            peer_deposit,
+        } => print_json(
+            &client(&api)?
+                .open_channel(&peer, deposit, peer_deposit)
+                .await?,
+        ),
+        ChannelCommand::Pay { api, id, amount } => {
+            print_json(&client(&api)?.pay(&id, amount).await?)
+        }
+        ChannelCommand::Close {
+            api,
+            id,
+            unilateral,
+        } => print_json(&client(&api)?.close_channel(&id, unilateral).await?),
+        ChannelCommand::List { api, offset, limit } => {
+            print_json(&client(&api)?.channels(offset, limit).await?)
+        }
+        ChannelCommand::Show { api, id } => print_json(&client(&api)?.channel(&id).await?),
     }
 }
 

@@ -449,7 +449,7 @@ impl Channel {
             return Err(ChannelError::WrongSigner);
         }
         let s = &proposal.state;
-        if s.channel_id != self.id() {
+        if s.channel_id != self.id() || proposal.channel != self.id() {
             return Err(ChannelError::WrongChannel);
         }
         if !verify_state(&from, &proposal.bytes, &proposal.sig) {
@@ -589,19 +589,18 @@ impl Channel {
         {
             return Err(ChannelError::WrongChannel);
         }
-        if s.number <= self.latest.state.number {
+        // Above the state we closed with, and never behind what we hold.
+        let closed_with = match &self.status {
+            Status::Closing(close) => close.state.state.number,
+            Status::Settled {
+                how: Settlement::Unilateral,
+                ..
+            } => self.latest.state.number,
+            Status::Settled { .. } => return Err(ChannelError::Settled),
+            Status::Open | Status::Opening => return Err(ChannelError::InvalidTransition),
+        };
+        if s.number <= closed_with || s.number < self.latest.state.number {
             return Err(ChannelError::Stale);
-        }
-        if self.is_settled()
-            && !matches!(
-                self.status,
-                Status::Settled {
-                    how: Settlement::Unilateral,
-                    ..
-                }
-            )
-        {
-            return Err(ChannelError::Settled);
         }
         self.latest = higher;
         self.status = Status::Settled {
@@ -615,7 +614,9 @@ impl Channel {
     /// state we closed with.
     pub fn settle_unilaterally(&mut self, now_ms: u64) -> Result<(), ChannelError> {
         match self.status {
-            Status::Closing(_) => {
+            Status::Closing(ref close) => {
+                // On the state we closed with (our latest, unless we cheated).
+                self.latest = close.state.clone();
                 self.status = Status::Settled {
                     how: Settlement::Unilateral,
                     at_ms: now_ms,

@@ -13,6 +13,9 @@ mod service;
 mod view;
 pub mod wire;
 
+#[cfg(test)]
+mod model_tests;
+
 use serde::{Deserialize, Serialize};
 
 pub use metrics::PaymentMetrics;

@@ -1312,6 +1312,9 @@ impl PaymentsActor {
         match request {
             Request::Open(p) => {
                 let id = p.state.channel_id;
+                if p.channel != id {
+                    return Err((ChannelError::WrongChannel, 0));
+                }
                 if let Some(e) = self.channels.get(&id) {
                     // The opener restarted and re-sent state 0: the same answer again.
                     if e.channel.latest.bytes == p.bytes && e.channel.peer() == peer {
@@ -1344,7 +1347,7 @@ impl PaymentsActor {
                 Ok((Response::Countersig(sig), 0))
             }
             Request::Update(p) => {
-                let id = p.state.channel_id;
+                let id = p.channel;
                 let e = self
                     .channels
                     .get_mut(&id)

@@ -606,6 +606,8 @@ impl SignedState {
 /// A state signed by its proposer, awaiting the other party's signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposal {
+    /// The channel it is for: the state's own, unless someone replays a state elsewhere.
+    pub channel: ChannelId,
     /// The state.
     pub state: State,
     /// Its bytes, as signed.
@@ -619,7 +621,12 @@ impl Proposal {
     pub fn sign(key: &Keypair, state: State) -> Self {
         let bytes = state.encode();
         let sig = sign_state(key, &bytes);
-        Self { state, bytes, sig }
+        Self {
+            channel: state.channel_id,
+            state,
+            bytes,
+            sig,
+        }
     }
 
     /// The protobuf form.
@@ -627,6 +634,7 @@ impl Proposal {
         pb::Proposal {
             state: self.bytes.clone(),
             sig: self.sig.clone(),
+            channel_id: self.channel.0.to_vec(),
         }
     }
 
@@ -637,6 +645,7 @@ impl Proposal {
             return Err(ChannelError::Malformed);
         }
         Ok(Self {
+            channel: ChannelId::from_slice(&m.channel_id)?,
             state: State::decode(&m.state)?,
             bytes: m.state,
             sig: m.sig,
