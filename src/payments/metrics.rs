@@ -155,7 +155,7 @@ impl PaymentMetrics {
         );
         e.register(
             "escrows_created",
-            "Escrows this node locked for tasks, by task type (pow, matmul)",
+            "Escrows this node locked, by task type (pow, matmul; api for locks not made by the market)",
             m.escrows.clone(),
         );
         e.register(
@@ -180,7 +180,7 @@ impl PaymentMetrics {
         );
         registry.sub_registry_with_prefix("payments").register(
             "messages_refused",
-            "Channel requests and dispute evidence this node refused, by message (open, update, close, evidence) and reason",
+            "Channel messages this node refused, by message (open, update, close: requests; frame: an undecodable request; evidence: dispute gossip; countersig, dispute: answers to its own requests) and reason",
             m.refused.clone(),
         );
         m

@@ -482,6 +482,7 @@ impl PaymentsService {
             after: Vec::new(),
         };
         actor.prune_settled();
+        actor.metrics.wallet(actor.wallet.available);
         for e in actor.channels.values() {
             if !e.channel.is_settled() {
                 actor.metrics.balances(

@@ -15,4 +15,5 @@ mod market;
 mod market_hostile;
 mod monitor;
 mod network;
+mod payments;
 mod vectors;

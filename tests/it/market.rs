@@ -118,12 +118,15 @@ async fn five_nodes_run_twenty_auctions_and_agree_on_every_outcome() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // What each requester owes each provider: the prices of the tasks it won.
+    let mut owed: std::collections::HashMap<(usize, String), u64> = Default::default();
     for (r, id) in &submitted {
         let task = finished(&nodes[*r], *id).await;
         assert_eq!(task.status, "success", "task {id}: {task:#?}");
         assert_eq!(task.verification.as_deref(), Some("verified"));
         let winner = task.winner.clone().unwrap();
         let price = task.price.unwrap();
+        *owed.entry((*r, winner.clone())).or_default() += price;
         assert!(price <= task.max_price);
         let last = task.attempts.last().unwrap();
         assert!(!last.bids.is_empty());
@@ -147,6 +150,46 @@ async fn five_nodes_run_twenty_auctions_and_agree_on_every_outcome() {
             assert_eq!(seen.price, price, "node {i}, task {id}");
         }
     }
+
+    // Every task was paid through a channel: the released escrows in each requester's
+    // channels with a provider add up to the prices of the tasks that provider won, on both
+    // sides of the channel, and no escrow is left locked.
+    for ((r, provider), price) in &owed {
+        let provider_node = nodes
+            .iter()
+            .find(|n| n.peer_id().to_string() == *provider)
+            .unwrap();
+        let paid = |node: &NodeHandle, peer: String| {
+            let payments = node.payments().clone();
+            async move {
+                let page = payments.channels(0, 100).await.unwrap();
+                let mine: Vec<_> = page
+                    .channels
+                    .into_iter()
+                    .filter(|c| c.peer == peer)
+                    .collect();
+                let locked = mine.iter().any(|c| !c.locks.is_empty());
+                (
+                    mine.iter().map(|c| c.peer_balance).sum::<u64>(),
+                    mine.iter().map(|c| c.balance).sum::<u64>(),
+                    locked,
+                )
+            }
+        };
+        let requester = nodes[*r].peer_id().to_string();
+        eventually(
+            Duration::from_secs(20),
+            "the escrows of verified tasks are released",
+            || async {
+                let (to_provider, _, locked) = paid(&nodes[*r], provider.clone()).await;
+                let (_, provider_holds, _) = paid(provider_node, requester.clone()).await;
+                (to_provider == *price && provider_holds == *price && !locked).then_some(())
+            },
+        )
+        .await;
+    }
+    let released = sum_over(&nodes, "zerostate_economic_escrow_releases_total", &[]).await;
+    assert_eq!(released, 20.0, "one release per verified task");
 
     let completed = sum_over(
         &nodes,
