@@ -256,8 +256,22 @@ pub fn build_swarm(
             .listen_on(addr.clone())
             .map_err(|e| P2pError::Listen {
                 addr: addr.clone(),
-                reason: e.to_string(),
+                reason: error_chain(&e),
             })?;
     }
     Ok((swarm, libp2p_metrics))
+}
+
+/// An error and its sources, joined: transport errors often say nothing themselves and
+/// keep the reason (such as "Address already in use") in their source.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.dedup();
+    parts.join(": ")
 }

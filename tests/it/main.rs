@@ -4,6 +4,7 @@
 
 mod common;
 
+mod channel_vectors;
 mod cli;
 mod content;
 mod e2e_prometheus;
