@@ -589,7 +589,9 @@ impl Channel {
         {
             return Err(ChannelError::WrongChannel);
         }
-        // Above the state we closed with, and never behind what we hold.
+        // Above the state we closed with. (A closer that holds a higher state still than the
+        // one presented cheated with its close, and settles on the presented one: both
+        // sides must settle on one state.)
         let closed_with = match &self.status {
             Status::Closing(close) => close.state.state.number,
             Status::Settled {
@@ -599,7 +601,7 @@ impl Channel {
             Status::Settled { .. } => return Err(ChannelError::Settled),
             Status::Open | Status::Opening => return Err(ChannelError::InvalidTransition),
         };
-        if s.number <= closed_with || s.number < self.latest.state.number {
+        if s.number <= closed_with {
             return Err(ChannelError::Stale);
         }
         self.latest = higher;
