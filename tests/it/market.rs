@@ -447,3 +447,42 @@ async fn the_task_api_needs_the_token_to_submit_and_says_what_is_wrong() {
 fn node_retries() -> u32 {
     zerostate::Config::default().market.max_retries
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reputation_from_an_older_versions_file_moves_into_the_ledger() {
+    use zerostate::market::reputation::Reputation;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let peer = libp2p::PeerId::random();
+    let mut table = Reputation::new(Config::default().market.reputation);
+    table.failure(peer, 100, zerostate::market::wire::now_ms());
+    let file = dir.path().join("reputation.json");
+    std::fs::write(&file, table.to_json()).unwrap();
+
+    let node = start(test_config(dir.path(), vec![])).await;
+    let has_record = |node: &NodeHandle| {
+        let market = node.market().clone();
+        async move {
+            market
+                .reputation()
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.peer_id == peer.to_string() && r.failures == 1)
+        }
+    };
+    assert!(has_record(&node).await, "the old file's records are read");
+    eventually(
+        Duration::from_secs(10),
+        "the old file is removed once imported",
+        || async { (!file.exists()).then_some(()) },
+    )
+    .await;
+    node.shutdown().await;
+    let node = start(test_config(dir.path(), vec![])).await;
+    assert!(
+        has_record(&node).await,
+        "the records come back from the ledger"
+    );
+    node.shutdown().await;
+}
