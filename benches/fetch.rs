@@ -11,36 +11,21 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::RngCore;
 use zerostate::{Config, NodeHandle};
 
+mod support;
+
 const SIZE: usize = 1024 * 1024;
 
 fn config(dir: &std::path::Path, bootstrap: Vec<libp2p::Multiaddr>) -> Config {
-    let mut c = Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        http: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        allow_private_addrs: true,
-        log: "error".into(),
-        ..Config::default()
-    };
+    let mut c = support::config(dir, bootstrap);
+    c.log = "error".into();
     c.content.max_object_bytes = 2 * SIZE as u64;
     c
 }
 
 async fn pair(dirs: &[tempfile::TempDir; 2]) -> (NodeHandle, NodeHandle) {
-    let a = zerostate::start(config(dirs[0].path(), vec![]))
-        .await
-        .unwrap();
-    a.wait_listening().await;
-    let addr = a.p2p().status().listen_addrs[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(a.peer_id()));
-    let b = zerostate::start(config(dirs[1].path(), vec![addr]))
-        .await
-        .unwrap();
-    while b.p2p().connected_peers().await.unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let a = support::start(config(dirs[0].path(), vec![])).await;
+    let b = support::start(config(dirs[1].path(), vec![support::addr(&a)])).await;
+    support::connected(&b).await;
     (a, b)
 }
 

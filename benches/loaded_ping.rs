@@ -17,38 +17,19 @@ use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, noise, ping, tcp, yamux};
 use zerostate::content::VerifyOnRead;
-use zerostate::{Config, NodeHandle};
+use zerostate::Config;
+
+mod support;
+use support::{addr, start};
 
 const OBJECT: usize = 4 * 1024 * 1024;
 const SAMPLES: usize = 200;
 
 fn config(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> Config {
-    let mut c = Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        http: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        allow_private_addrs: true,
-        log: "warn".into(),
-        ..Config::default()
-    };
-    c.discovery.bootstrap_backoff_initial_ms = 200;
+    let mut c = support::config(dir, bootstrap);
     c.content.fetch_timeout_ms = 60_000;
     c.content.request_timeout_ms = 30_000;
-    c.validate().unwrap();
     c
-}
-
-async fn start(config: Config) -> NodeHandle {
-    let node = zerostate::start(config).await.unwrap();
-    node.wait_listening().await;
-    node
-}
-
-fn addr(node: &NodeHandle) -> Multiaddr {
-    node.p2p().status().listen_addrs[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id()))
 }
 
 /// Collects `n` ping RTTs from `swarm`, in milliseconds.

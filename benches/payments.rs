@@ -29,33 +29,14 @@ use zerostate::payments::record;
 use zerostate::payments::wire::ChannelId;
 use zerostate::{Config, NodeHandle};
 
+mod support;
+use support::{addr, start};
+
 fn config(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> Config {
-    let mut c = Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        http: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        allow_private_addrs: true,
-        log: "warn".into(),
-        ..Config::default()
-    };
-    c.discovery.bootstrap_backoff_initial_ms = 200;
+    let mut c = support::config(dir, bootstrap);
     c.payments.challenge_secs = 1;
     c.payments.initial_credit = 1 << 40;
-    c.validate().unwrap();
     c
-}
-
-async fn start(config: Config) -> NodeHandle {
-    let node = zerostate::start(config).await.unwrap();
-    node.wait_listening().await;
-    node
-}
-
-fn addr(node: &NodeHandle) -> Multiaddr {
-    node.p2p().status().listen_addrs[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id()))
 }
 
 /// Two connected nodes in `root`.
@@ -64,9 +45,7 @@ async fn pair(root: &std::path::Path) -> (NodeHandle, NodeHandle) {
     let b_dir = tempfile::tempdir_in(root).unwrap().keep();
     let b = start(config(&b_dir, vec![])).await;
     let a = start(config(&a_dir, vec![addr(&b)])).await;
-    while a.p2p().connected_peers().await.unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::connected(&a).await;
     (a, b)
 }
 

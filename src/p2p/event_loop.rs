@@ -26,11 +26,12 @@ use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, TOPICS};
 use super::bootstrap::Bootstrap;
 use super::config::P2pConfig;
 use super::content_protocol::{ContentRequest, ContentResponse};
+use super::frame_protocol::FrameCodec;
 use super::handle::{COMMAND_QUEUE, Command, NetStatus, P2pHandle, PublishError};
 use super::monitor::PeerMonitor;
 use super::providers::{Admission, ProviderLimits, RemoteProviders};
 use super::routing::{
-    GOSSIP_VERDICT_DEADLINE, GossipMessage, INBOUND_REPLY_DEADLINE, InboundRequest,
+    FrameProtocol, GOSSIP_VERDICT_DEADLINE, GossipMessage, INBOUND_REPLY_DEADLINE, InboundRequest,
     MAX_PENDING_ANSWERS, Outbound, Reply, RequestError, Routes, Verdict,
 };
 use super::{P2pMetrics, without_peer_id};
@@ -50,8 +51,7 @@ const MAX_ANNOUNCED_ADDRS: usize = 32;
 /// verdict on a gossip message.
 enum Answer {
     Content(ResponseChannel<ContentResponse>, Option<ContentResponse>),
-    Market(ResponseChannel<Vec<u8>>, Option<Vec<u8>>),
-    Channel(ResponseChannel<Vec<u8>>, Option<Vec<u8>>),
+    Frame(FrameProtocol, ResponseChannel<Vec<u8>>, Option<Vec<u8>>),
     Verdict {
         id: MessageId,
         from: PeerId,
@@ -76,8 +76,7 @@ pub struct EventLoop {
     remote_providers: RemoteProviders,
     address_book: AddressBook,
     content_requests: HashMap<OutboundRequestId, Reply<ContentResponse>>,
-    market_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
-    channel_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
+    frame_requests: HashMap<(FrameProtocol, OutboundRequestId), Reply<Vec<u8>>>,
     /// Callers waiting for a connection to a peer, and the lookups finding its addresses.
     connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     peer_lookups: HashMap<kad::QueryId, PeerId>,
@@ -135,8 +134,7 @@ impl EventLoop {
             remote_providers: RemoteProviders::new(ProviderLimits::default()),
             address_book: AddressBook::default(),
             content_requests: HashMap::new(),
-            market_requests: HashMap::new(),
-            channel_requests: HashMap::new(),
+            frame_requests: HashMap::new(),
             connects: HashMap::new(),
             peer_lookups: HashMap::new(),
             bootstrap,
@@ -258,29 +256,14 @@ impl EventLoop {
                     .send_request(&peer, request);
                 self.content_requests.insert(id, reply);
             }
-            Command::Request(Outbound::Market {
+            Command::Request(Outbound::Frame {
+                protocol,
                 peer,
                 request,
                 reply,
             }) => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .market
-                    .send_request(&peer, request);
-                self.market_requests.insert(id, reply);
-            }
-            Command::Request(Outbound::Channel {
-                peer,
-                request,
-                reply,
-            }) => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .channel
-                    .send_request(&peer, request);
-                self.channel_requests.insert(id, reply);
+                let id = frames(&mut self.swarm, protocol).send_request(&peer, request);
+                self.frame_requests.insert((protocol, id), reply);
             }
             Command::Connect(peer, reply) => self.connect(peer, reply),
             Command::Dial(addr, reply) => {
@@ -475,8 +458,8 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Content(event) => self.on_content_event(event),
-            BehaviourEvent::Market(event) => self.on_market_event(event),
-            BehaviourEvent::Channel(event) => self.on_channel_event(event),
+            BehaviourEvent::Market(event) => self.on_frame_event(FrameProtocol::Market, event),
+            BehaviourEvent::Channel(event) => self.on_frame_event(FrameProtocol::Channel, event),
             BehaviourEvent::IpLimits(never)
             | BehaviourEvent::Limits(never)
             | BehaviourEvent::Blocked(never) => match never {},
@@ -545,13 +528,15 @@ impl EventLoop {
                 let content = &mut self.swarm.behaviour_mut().content;
                 respond(content, channel, response, &self.metrics, "content");
             }
-            Answer::Market(channel, response) => {
-                let market = &mut self.swarm.behaviour_mut().market;
-                respond(market, channel, response, &self.metrics, "market");
-            }
-            Answer::Channel(channel, response) => {
-                let behaviour = &mut self.swarm.behaviour_mut().channel;
-                respond(behaviour, channel, response, &self.metrics, "channel");
+            Answer::Frame(protocol, channel, response) => {
+                let behaviour = frames(&mut self.swarm, protocol);
+                respond(
+                    behaviour,
+                    channel,
+                    response,
+                    &self.metrics,
+                    protocol.label(),
+                );
             }
             Answer::Verdict {
                 id,
@@ -601,7 +586,7 @@ impl EventLoop {
         event: request_response::Event<ContentRequest, ContentResponse>,
     ) {
         if let Some((peer, request, channel)) =
-            settle_outbound(event, &mut self.content_requests, "content")
+            settle_outbound(event, |id| self.content_requests.remove(&id), "content")
         {
             let inbox = self.routes.content.as_ref();
             let answer = route_request(
@@ -616,31 +601,23 @@ impl EventLoop {
         }
     }
 
-    fn on_market_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        if let Some((peer, request, channel)) =
-            settle_outbound(event, &mut self.market_requests, "market")
-        {
-            let inbox = self.routes.market.as_ref();
-            let answer =
-                route_request(inbox, &self.answers, &self.metrics, "market", peer, request);
-            self.await_answer(answer, |r| Answer::Market(channel, r));
-        }
-    }
-
-    fn on_channel_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        if let Some((peer, request, channel)) =
-            settle_outbound(event, &mut self.channel_requests, "channel")
-        {
-            let inbox = self.routes.channel.as_ref();
-            let answer = route_request(
-                inbox,
-                &self.answers,
-                &self.metrics,
-                "channel",
-                peer,
-                request,
-            );
-            self.await_answer(answer, |r| Answer::Channel(channel, r));
+    fn on_frame_event(
+        &mut self,
+        protocol: FrameProtocol,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+    ) {
+        let label = protocol.label();
+        if let Some((peer, request, channel)) = settle_outbound(
+            event,
+            |id| self.frame_requests.remove(&(protocol, id)),
+            label,
+        ) {
+            let inbox = match protocol {
+                FrameProtocol::Market => self.routes.market.as_ref(),
+                FrameProtocol::Channel => self.routes.channel.as_ref(),
+            };
+            let answer = route_request(inbox, &self.answers, &self.metrics, label, peer, request);
+            self.await_answer(answer, move |r| Answer::Frame(protocol, channel, r));
         }
     }
 
@@ -876,6 +853,18 @@ fn record_identify(metrics: &libp2p::metrics::Metrics, event: &identify::Event) 
 
 /// Sends a service's answer, or, without one (the service did not answer in time), drops the
 /// channel, which closes the stream unanswered.
+/// The behaviour of a frame protocol.
+fn frames(
+    swarm: &mut Swarm<Behaviour>,
+    protocol: FrameProtocol,
+) -> &mut request_response::Behaviour<FrameCodec> {
+    let behaviour = swarm.behaviour_mut();
+    match protocol {
+        FrameProtocol::Market => &mut behaviour.market,
+        FrameProtocol::Channel => &mut behaviour.channel,
+    }
+}
+
 fn respond<C: request_response::Codec + Send + Clone + 'static>(
     behaviour: &mut request_response::Behaviour<C>,
     channel: ResponseChannel<C::Response>,
@@ -897,7 +886,7 @@ fn respond<C: request_response::Codec + Send + Clone + 'static>(
 /// an inbound request for routing.
 fn settle_outbound<Req, Resp>(
     event: request_response::Event<Req, Resp>,
-    pending: &mut HashMap<OutboundRequestId, Reply<Resp>>,
+    mut pending: impl FnMut(OutboundRequestId) -> Option<Reply<Resp>>,
     protocol: &'static str,
 ) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
     match event {
@@ -917,14 +906,14 @@ fn settle_outbound<Req, Resp>(
                 },
             ..
         } => {
-            if let Some(reply) = pending.remove(&request_id) {
+            if let Some(reply) = pending(request_id) {
                 let _ = reply.send(Ok(response));
             }
         }
         request_response::Event::OutboundFailure {
             request_id, error, ..
         } => {
-            if let Some(reply) = pending.remove(&request_id) {
+            if let Some(reply) = pending(request_id) {
                 let _ = reply.send(Err(RequestError::from_outbound(&error)));
             }
         }

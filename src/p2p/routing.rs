@@ -146,8 +146,10 @@ pub enum Outbound {
         /// The answer.
         reply: Reply<ContentResponse>,
     },
-    /// `/zerostate/market/1`.
-    Market {
+    /// A protocol of opaque frames.
+    Frame {
+        /// Which.
+        protocol: FrameProtocol,
         /// To whom.
         peer: PeerId,
         /// The request frame.
@@ -155,15 +157,25 @@ pub enum Outbound {
         /// The response frame.
         reply: Reply<Vec<u8>>,
     },
-    /// `/zerostate/channel/1`.
-    Channel {
-        /// To whom.
-        peer: PeerId,
-        /// The request frame.
-        request: Vec<u8>,
-        /// The response frame.
-        reply: Reply<Vec<u8>>,
-    },
+}
+
+/// The protocols whose messages are opaque, size-limited frames that their service decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameProtocol {
+    /// `/zerostate/market/1`: bids, awards, results.
+    Market,
+    /// `/zerostate/channel/1`: payment channel states and closes.
+    Channel,
+}
+
+impl FrameProtocol {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Market => "market",
+            Self::Channel => "channel",
+        }
+    }
 }
 
 /// A request-response protocol a service can use through [`super::P2pHandle::request`].
@@ -202,7 +214,8 @@ impl RequestProtocol for Market {
     type Response = Vec<u8>;
 
     fn outbound(peer: PeerId, request: Vec<u8>, reply: Reply<Vec<u8>>) -> Outbound {
-        Outbound::Market {
+        Outbound::Frame {
+            protocol: FrameProtocol::Market,
             peer,
             request,
             reply,
@@ -219,7 +232,8 @@ impl RequestProtocol for PaymentChannel {
     type Response = Vec<u8>;
 
     fn outbound(peer: PeerId, request: Vec<u8>, reply: Reply<Vec<u8>>) -> Outbound {
-        Outbound::Channel {
+        Outbound::Frame {
+            protocol: FrameProtocol::Channel,
             peer,
             request,
             reply,

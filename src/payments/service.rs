@@ -501,8 +501,15 @@ impl PaymentsService {
     }
 }
 
-fn answer_of(bytes: Result<Vec<u8>, RequestError>) -> Result<(Response, u64), String> {
-    let bytes = bytes.map_err(|e| e.to_string())?;
+/// Sends `frame` to `peer` (finding and connecting it first) and decodes the answer.
+async fn exchange(p2p: P2pHandle, peer: PeerId, frame: Vec<u8>) -> Result<(Response, u64), String> {
+    let bytes = tokio::time::timeout(SEND_TIMEOUT, async {
+        p2p.connect(peer).await.map_err(RequestError::Failed)?;
+        p2p.request::<PaymentChannel>(peer, frame).await
+    })
+    .await
+    .unwrap_or(Err(RequestError::Timeout))
+    .map_err(|e| e.to_string())?;
     Response::decode(&bytes).map_err(|e| format!("malformed answer: {e}"))
 }
 
@@ -1004,20 +1011,10 @@ impl PaymentsActor {
             Request::Update(p.clone())
         }
         .encode();
-        let peer = e.channel.peer();
-        let p2p = self.p2p.clone();
+        let request = exchange(self.p2p.clone(), e.channel.peer(), frame);
         self.jobs.spawn(async move {
-            let result = tokio::time::timeout(SEND_TIMEOUT, async {
-                p2p.connect(peer).await.map_err(RequestError::Failed)?;
-                p2p.request::<PaymentChannel>(peer, frame).await
-            })
-            .await
-            .unwrap_or(Err(RequestError::Timeout));
-            Job::Answer {
-                id,
-                number,
-                result: answer_of(result),
-            }
+            let result = request.await;
+            Job::Answer { id, number, result }
         });
     }
 
@@ -1033,19 +1030,10 @@ impl PaymentsActor {
         }
         e.closing_sent = true;
         let frame = Request::Close((**close).clone()).encode();
-        let peer = e.channel.peer();
-        let p2p = self.p2p.clone();
+        let request = exchange(self.p2p.clone(), e.channel.peer(), frame);
         self.jobs.spawn(async move {
-            let result = tokio::time::timeout(SEND_TIMEOUT, async {
-                p2p.connect(peer).await.map_err(RequestError::Failed)?;
-                p2p.request::<PaymentChannel>(peer, frame).await
-            })
-            .await
-            .unwrap_or(Err(RequestError::Timeout));
-            Job::CloseAnswer {
-                id,
-                result: answer_of(result),
-            }
+            let result = request.await;
+            Job::CloseAnswer { id, result }
         });
     }
 

@@ -166,6 +166,12 @@ async fn channels_open_pay_and_close_through_the_api() {
     }
 }
 
+/// A payment of 5 from A to B.
+fn pay5(s: &mut State) {
+    s.balance_a -= 5;
+    s.balance_b += 5;
+}
+
 /// The next state of `channel` after its latest, changed by `f`.
 fn forged(channel: &Channel, f: impl FnOnce(&mut State)) -> State {
     let mut s = channel.latest.state.clone();
@@ -221,13 +227,7 @@ async fn attacks_on_a_channel_are_refused_each_with_its_reason_and_change_nothin
         (
             "a forged signature",
             Box::new(|c, k, _| {
-                let mut p = Proposal::sign(
-                    k,
-                    forged(c, |s| {
-                        s.balance_a -= 5;
-                        s.balance_b += 5;
-                    }),
-                );
+                let mut p = Proposal::sign(k, forged(c, pay5));
                 p.sig[0] ^= 0xff;
                 p
             }),
@@ -236,29 +236,13 @@ async fn attacks_on_a_channel_are_refused_each_with_its_reason_and_change_nothin
         ),
         (
             "a state signed by someone else",
-            Box::new(|c, _, other| {
-                Proposal::sign(
-                    other,
-                    forged(c, |s| {
-                        s.balance_a -= 5;
-                        s.balance_b += 5;
-                    }),
-                )
-            }),
+            Box::new(|c, _, other| Proposal::sign(other, forged(c, pay5))),
             false,
             "bad_signature",
         ),
         (
             "a state sent by a peer that is no party",
-            Box::new(|c, _, other| {
-                Proposal::sign(
-                    other,
-                    forged(c, |s| {
-                        s.balance_a -= 5;
-                        s.balance_b += 5;
-                    }),
-                )
-            }),
+            Box::new(|c, _, other| Proposal::sign(other, forged(c, pay5))),
             true,
             "wrong_signer",
         ),
@@ -267,13 +251,7 @@ async fn attacks_on_a_channel_are_refused_each_with_its_reason_and_change_nothin
             Box::new({
                 let c2 = c2.clone();
                 move |c, k, _| {
-                    let mut p = Proposal::sign(
-                        k,
-                        forged(&c2, |s| {
-                            s.balance_a -= 5;
-                            s.balance_b += 5;
-                        }),
-                    );
+                    let mut p = Proposal::sign(k, forged(&c2, pay5));
                     p.channel = c.id();
                     p
                 }
