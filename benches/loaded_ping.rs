@@ -16,8 +16,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, noise, ping, tcp, yamux};
-use zerostate::content::VerifyOnRead;
 use zerostate::Config;
+use zerostate::content::VerifyOnRead;
 
 mod support;
 use support::{addr, start};

@@ -122,6 +122,21 @@ impl MarketConfig {
         if !wire::PRICE.contains(&self.default_max_price) {
             return Err(("market.default_max_price", "must be 1..=2^48".into()));
         }
+        // A task's escrow stays locked for all of its time limits; a lock may last a day.
+        let escrow_ms = self
+            .award_timeout_ms
+            .saturating_add(u64::from(self.execution_timeout_ms))
+            .saturating_add(self.verify_timeout_ms)
+            .saturating_add(service::ESCROW_SLACK_MS);
+        if escrow_ms > crate::payments::wire::MAX_LOCK_TTL_MS {
+            return Err((
+                "market.verify_timeout_ms",
+                format!(
+                    "award_timeout_ms + execution_timeout_ms + verify_timeout_ms is {escrow_ms} ms; a task's escrow may be locked for at most {} ms, so lower them",
+                    crate::payments::wire::MAX_LOCK_TTL_MS - service::ESCROW_SLACK_MS
+                ),
+            ));
+        }
         const DAY_MS: u64 = 24 * 3600 * 1000;
         let ranges: [(&'static str, u64, u64, u64); 8] = [
             ("market.award_timeout_ms", self.award_timeout_ms, 1, DAY_MS),

@@ -43,7 +43,7 @@ const INBOX: usize = 256;
 /// imported into the ledger once, then removed.
 pub const REPUTATION_FILE: &str = "reputation.json";
 /// Slack added to an escrow's expiry beyond the task's own time limits, for clock skew.
-const ESCROW_SLACK_MS: u64 = 5_000;
+pub(super) const ESCROW_SLACK_MS: u64 = 5_000;
 /// Auctions remembered as observed (from results gossip).
 const OBSERVED: usize = 4096;
 /// How long after the bid deadline a bid's capacity stays reserved awaiting an award.
@@ -769,11 +769,16 @@ impl MarketActor {
                     .payments
                     .escrows()
                     .locked(&a.signer, &escrow_id(&a.signer, a.body.auction_id()));
+                // Locked for at least the price, until after the task's time is up.
+                let need_until =
+                    now_ms() + u64::from(a.body.announcement.body.execution_timeout_ms);
+                let escrowed = locked
+                    .is_some_and(|l| l.amount >= a.body.price && l.expires_at_ms >= need_until);
                 if a.body.winner() != self.local || !mine {
                     Err(Refusal::NotWinner)
                 } else if a.signer != peer {
                     Err(Refusal::WrongSigner)
-                } else if locked.is_none_or(|amount| amount < a.body.price) {
+                } else if !escrowed {
                     // No execution without the price locked for us first.
                     Err(Refusal::NoEscrow)
                 } else {
@@ -1224,18 +1229,29 @@ impl MarketActor {
             + self.config.verify_timeout_ms
             + ESCROW_SLACK_MS;
         self.jobs.spawn(async move {
-            if let Err(e) = payments
-                .lock(winner, escrow, price, expires_at_ms, kind)
-                .await
-            {
+            // Locking and delivering share the award's time limit, so the result deadline
+            // (award + execution time) leaves the winner its whole execution time.
+            let started = tokio::time::Instant::now();
+            let locked = tokio::time::timeout(
+                limit,
+                payments.lock(winner, escrow, price, expires_at_ms, kind),
+            )
+            .await;
+            let refused = match locked {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the lock was not countersigned in time".to_owned()),
+            };
+            if let Some(reason) = refused {
                 return Job::AwardDelivered {
                     auction,
                     task,
                     award,
                     late: false,
-                    result: Err(("escrow_failed", e.to_string())),
+                    result: Err(("escrow_failed", reason)),
                 };
             }
+            let limit = limit.saturating_sub(started.elapsed());
             let late = now_ms() > winner_expires_ms;
             let deliver = async {
                 // The bid's connection may have closed since: find the winner again.

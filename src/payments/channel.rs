@@ -21,8 +21,9 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
 use super::wire::{
-    ChannelError, ChannelId, EscrowId, Lock, MAX_AMOUNT, MAX_LOCK_TTL_MS, MAX_LOCKS, Proposal,
-    Side, SignedClose, SignedState, State, sign_state, verify_state,
+    ChannelError, ChannelId, EscrowId, Lock, MAX_AMOUNT, MAX_LOCK_TTL_MS, MAX_LOCKS,
+    MAX_NUMBER_JUMP, Proposal, Side, SignedClose, SignedState, State, same_channel, sign_state,
+    verify_state,
 };
 
 /// Escrows remembered as resolved per channel, to refuse a second release or refund.
@@ -69,6 +70,8 @@ pub enum Settlement {
     Unilateral,
     /// A unilateral close that was disputed with a higher state.
     Disputed,
+    /// State 0 was never countersigned: the channel never opened, the deposit went back.
+    Abandoned,
 }
 
 impl Settlement {
@@ -78,6 +81,7 @@ impl Settlement {
             Self::Cooperative => "cooperative",
             Self::Unilateral => "unilateral",
             Self::Disputed => "disputed",
+            Self::Abandoned => "abandoned",
         }
     }
 }
@@ -144,6 +148,13 @@ pub struct Channel {
     pub opened_at_ms: u64,
     /// Escrows resolved recently, oldest first (at most [`MAX_RESOLVED`]).
     pub resolved: VecDeque<(EscrowId, Outcome)>,
+    /// Our highest-numbered signed proposal not known to be binding: the pending one, or one
+    /// the peer refused (it may have countersigned it anyway). A unilateral close discloses
+    /// it, so a dispute with it convicts nobody.
+    pub unconfirmed: Option<Proposal>,
+    /// Escrows we must release (their task was verified), until the release is binding.
+    /// Persisted with the channel, so a restart releases rather than refunds them.
+    pub release_intents: Vec<EscrowId>,
 }
 
 impl Channel {
@@ -190,6 +201,8 @@ impl Channel {
             status: Status::Opening,
             opened_at_ms: now_ms,
             resolved: VecDeque::new(),
+            unconfirmed: None,
+            release_intents: Vec::new(),
         };
         Ok((channel, proposal))
     }
@@ -239,6 +252,8 @@ impl Channel {
             status: Status::Open,
             opened_at_ms: now_ms,
             resolved: VecDeque::new(),
+            unconfirmed: None,
+            release_intents: Vec::new(),
         };
         Ok((channel, sig))
     }
@@ -395,6 +410,7 @@ impl Channel {
         let proposal = Proposal::sign(key, state);
         self.highest_signed = proposal.state.number;
         self.pending = Some(proposal.clone());
+        self.unconfirmed = Some(proposal.clone());
         Ok(proposal)
     }
 
@@ -405,7 +421,21 @@ impl Channel {
         if !verify_state(&self.peer(), &pending.bytes, sig) {
             return Err(ChannelError::BadSignature);
         }
+        // Our own proposal, now binding: what it does, without the time checks it passed
+        // when we made it (the clock may have stepped since).
+        let op = if self.status == Status::Opening {
+            None
+        } else {
+            Some(classify(
+                &self.latest.state,
+                &pending.state,
+                self.local,
+                u64::MAX,
+                self,
+            )?)
+        };
         let pending = self.pending.take().expect("checked");
+        self.confirmed(pending.state.number);
         let mut signed = SignedState {
             state: pending.state,
             bytes: pending.bytes,
@@ -414,21 +444,37 @@ impl Channel {
         };
         signed.set_sig(self.local, pending.sig);
         signed.set_sig(self.local.other(), sig.to_vec());
-        if self.status == Status::Opening {
-            self.latest = signed;
-            self.status = Status::Open;
-            return Ok(None);
+        match op {
+            None => {
+                self.latest = signed;
+                self.status = Status::Open;
+                Ok(None)
+            }
+            Some(op) => {
+                self.apply(signed, &op, now_ms);
+                Ok(Some(op))
+            }
         }
-        let op = classify(&self.latest.state, &signed.state, self.local, now_ms, self)?;
-        self.apply(signed, &op, now_ms);
-        Ok(Some(op))
+    }
+
+    /// A state numbered `number` is binding: a disclosed proposal at or below it is settled.
+    fn confirmed(&mut self, number: u64) {
+        if self
+            .unconfirmed
+            .as_ref()
+            .is_some_and(|p| p.state.number <= number)
+        {
+            self.unconfirmed = None;
+        }
     }
 
     /// The peer refused our pending proposal; it will never be countersigned (the peer
     /// never signs a number twice), so we forget it. Returns the operation it made, to be
     /// proposed again above `peer_highest` if the caller wishes.
     pub fn refused(&mut self, peer_highest: u64, now_ms: u64) -> Option<Op> {
-        self.peer_highest = self.peer_highest.max(peer_highest);
+        // Bounded, so a peer cannot claim a number that leaves none for the next state.
+        let bound = self.latest.state.number.saturating_add(MAX_NUMBER_JUMP);
+        self.peer_highest = self.peer_highest.max(peer_highest.min(bound));
         let pending = self.pending.take()?;
         if self.status == Status::Opening {
             return None;
@@ -470,6 +516,9 @@ impl Channel {
         if s.number < self.latest.state.number {
             return Err(ChannelError::Stale);
         }
+        if s.number > self.latest.state.number.saturating_add(MAX_NUMBER_JUMP) {
+            return Err(ChannelError::OutOfBounds);
+        }
         if self.pending.is_some() {
             return Err(ChannelError::Busy);
         }
@@ -488,6 +537,7 @@ impl Channel {
         signed.set_sig(self.local, sig.clone());
         self.highest_signed = s.number;
         self.peer_highest = self.peer_highest.max(s.number);
+        self.confirmed(s.number);
         self.apply(signed, &op, now_ms);
         Ok(Received::New { sig, op })
     }
@@ -524,7 +574,7 @@ impl Channel {
     ) -> Result<SignedClose, ChannelError> {
         self.check_open()?;
         self.pending = None;
-        let close = SignedClose::sign(key, self.latest.clone(), now_ms);
+        let close = SignedClose::sign(key, self.latest.clone(), self.unconfirmed.clone(), now_ms);
         self.status = Status::Closing(Box::new(close.clone()));
         Ok(close)
     }
@@ -542,12 +592,7 @@ impl Channel {
             return Err(ChannelError::WrongSigner);
         }
         let theirs = &close.state.state;
-        if theirs.channel_id != self.id()
-            || theirs.party_a != self.latest.state.party_a
-            || theirs.party_b != self.latest.state.party_b
-            || theirs.deposit_a != self.latest.state.deposit_a
-            || theirs.deposit_b != self.latest.state.deposit_b
-        {
+        if theirs.channel_id != self.id() || !same_channel(theirs, &self.latest.state) {
             return Err(ChannelError::WrongChannel);
         }
         if let Status::Settled { .. } = self.status {
@@ -567,6 +612,7 @@ impl Channel {
             return Ok(CloseAnswer::Disputed(Box::new(self.latest.clone())));
         }
         // Equal, or higher: a state we countersigned whose ack we lost (ours to keep).
+        self.confirmed(theirs.number);
         self.latest = close.state.clone();
         self.highest_signed = self.highest_signed.max(theirs.number);
         self.status = Status::Settled {
@@ -580,30 +626,23 @@ impl Channel {
     /// the channel settles on it.
     pub fn on_dispute(&mut self, higher: SignedState, now_ms: u64) -> Result<(), ChannelError> {
         higher.verify()?;
-        let s = &higher.state;
-        if s.channel_id != self.id()
-            || s.party_a != self.latest.state.party_a
-            || s.party_b != self.latest.state.party_b
-            || s.deposit_a != self.latest.state.deposit_a
-            || s.deposit_b != self.latest.state.deposit_b
-        {
+        if !same_channel(&higher.state, &self.latest.state) {
             return Err(ChannelError::WrongChannel);
         }
-        // Above the state we closed with. (A closer that holds a higher state still than the
-        // one presented cheated with its close, and settles on the presented one: both
-        // sides must settle on one state.)
+        // Only within the challenge window: once settled, a channel never changes (the
+        // payout was credited once, on the state it settled on).
         let closed_with = match &self.status {
             Status::Closing(close) => close.state.state.number,
-            Status::Settled {
-                how: Settlement::Unilateral,
-                ..
-            } => self.latest.state.number,
             Status::Settled { .. } => return Err(ChannelError::Settled),
             Status::Open | Status::Opening => return Err(ChannelError::InvalidTransition),
         };
-        if s.number <= closed_with {
+        // Above the state we closed with. (A closer that holds a higher state still than the
+        // one presented cheated with its close, and settles on the presented one: both
+        // sides must settle on one state.)
+        if higher.state.number <= closed_with {
             return Err(ChannelError::Stale);
         }
+        self.confirmed(higher.state.number);
         self.latest = higher;
         self.status = Status::Settled {
             how: Settlement::Disputed,

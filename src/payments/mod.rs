@@ -7,6 +7,7 @@
 //! format ([`wire`]); it persists every state before it reveals or acknowledges it.
 
 pub mod channel;
+mod escrow_book;
 mod metrics;
 pub mod record;
 mod service;
@@ -18,8 +19,9 @@ mod model_tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use escrow_book::{EscrowBook, Escrowed};
 pub use metrics::PaymentMetrics;
-pub use service::{EscrowBook, PaymentsActor, PaymentsService};
+pub use service::{PaymentsActor, PaymentsService};
 pub use view::{ChannelPage, ChannelView, LockView, WalletView};
 
 use crate::ledger::LedgerError;

@@ -561,7 +561,7 @@ impl Sim {
                 .flatten()
                 .find(|s| s.state.number < close.state.state.number)
         {
-            close = super::wire::SignedClose::sign(&key, old.clone(), now);
+            close = super::wire::SignedClose::sign(&key, old.clone(), None, now);
             cheated = true;
             let channel = self.parties[me].memory.get_mut(&id).unwrap();
             channel.status = Status::Closing(Box::new(close.clone()));
@@ -598,8 +598,19 @@ impl Sim {
                     close: close.clone(),
                     higher: (*higher).clone(),
                 };
-                let (_, cheater) = Evidence::open(&evidence.encode()).expect("evidence verifies");
-                assert_eq!(cheater, from);
+                // It convicts exactly when the higher state is above all the closer admitted
+                // to have signed: an honest closer (whose proposal's answer was lost) is
+                // never convicted.
+                match Evidence::open(&evidence.encode()) {
+                    Ok((_, cheater)) => {
+                        assert!(cheated, "an honest closer was convicted");
+                        assert_eq!(cheater, from);
+                    }
+                    Err(e) => {
+                        assert_eq!(e, ChannelError::Stale);
+                        assert!(higher.state.number <= close.admitted());
+                    }
+                }
                 closer.on_dispute(*higher, now).unwrap();
             }
         }
@@ -839,4 +850,88 @@ fn generated_sequences_exercise_every_operation() {
         );
     }
     assert!(received >= 200, "only {received} proposals were accepted");
+}
+
+/// A closer whose proposal was countersigned but whose answer was lost discloses the
+/// proposal in its close: the dispute settles on it, and convicts nobody.
+#[test]
+fn an_honest_close_after_a_lost_answer_is_disputed_but_not_convicted() {
+    let mut sim = Sim::new();
+    sim.step(
+        &Action::Open {
+            from: 0,
+            to: 1,
+            deposit: 100,
+        },
+        Fault::None,
+    );
+    sim.step(
+        &Action::Pay {
+            ch: 0,
+            side: true,
+            amount: 10,
+        },
+        Fault::DropResponse,
+    );
+    let id = sim.channels[0].0;
+    let key = sim.parties[0].key.clone();
+    let a = sim.parties[0].memory.get_mut(&id).unwrap();
+    assert_eq!(a.latest.state.number, 0, "A never got the countersignature");
+    let close = a.close_unilaterally(&key, 5).unwrap();
+    assert_eq!(close.admitted(), 1, "A discloses its unanswered proposal");
+    let b = sim.parties[1].memory.get_mut(&id).unwrap();
+    let CloseAnswer::Disputed(higher) = b.on_close(key.public().to_peer_id(), &close, 5).unwrap()
+    else {
+        panic!("B holds state 1");
+    };
+    let evidence = Evidence {
+        close,
+        higher: (*higher).clone(),
+    }
+    .encode();
+    assert_eq!(Evidence::open(&evidence).unwrap_err(), ChannelError::Stale);
+    let a = sim.parties[0].memory.get_mut(&id).unwrap();
+    a.on_dispute(*higher, 6).unwrap();
+    assert_eq!(a.balance(), 90, "settled on the state A proposed");
+    // Settled once: a second dispute (say, a late answer) changes nothing.
+    let again = sim.parties[1].memory[&id].latest.clone();
+    let a = sim.parties[0].memory.get_mut(&id).unwrap();
+    assert_eq!(a.on_dispute(again, 7), Err(ChannelError::Settled));
+}
+
+/// What the ledger keeps of a channel comes back whole.
+#[test]
+fn channel_records_round_trip() {
+    let mut sim = Sim::new();
+    sim.step(
+        &Action::Open {
+            from: 0,
+            to: 1,
+            deposit: 100,
+        },
+        Fault::None,
+    );
+    sim.step(
+        &Action::Lock {
+            ch: 0,
+            side: true,
+            amount: 10,
+            ttl: 5,
+        },
+        Fault::None,
+    );
+    sim.step(
+        &Action::Pay {
+            ch: 0,
+            side: true,
+            amount: 10,
+        },
+        Fault::DropResponse,
+    );
+    let id = sim.channels[0].0;
+    let a = sim.parties[0].memory.get_mut(&id).unwrap();
+    a.release_intents.push(EscrowId([1; 32]));
+    assert!(a.unconfirmed.is_some() && a.pending.is_some());
+    let back = record::decode(&record::encode(a)).unwrap();
+    assert_eq!(&back, a);
 }

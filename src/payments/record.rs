@@ -56,6 +56,7 @@ pub fn encode(c: &Channel) -> Vec<u8> {
                 Settlement::Cooperative => 1,
                 Settlement::Unilateral => 2,
                 Settlement::Disputed => 3,
+                Settlement::Abandoned => 4,
             };
             (3, None, 0, how, *at_ms)
         }
@@ -83,6 +84,8 @@ pub fn encode(c: &Channel) -> Vec<u8> {
         settlement,
         settled_at_ms: settled_at,
         peer_highest: c.peer_highest,
+        unconfirmed: c.unconfirmed.as_ref().map(Proposal::to_pb),
+        release_intents: c.release_intents.iter().map(|e| e.0.to_vec()).collect(),
     }
     .encode_to_vec()
 }
@@ -108,6 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<Channel, ChannelError> {
                 1 => Settlement::Cooperative,
                 2 => Settlement::Unilateral,
                 3 => Settlement::Disputed,
+                4 => Settlement::Abandoned,
                 _ => return Err(ChannelError::Malformed),
             },
             at_ms: m.settled_at_ms,
@@ -128,6 +132,12 @@ pub fn decode(bytes: &[u8]) -> Result<Channel, ChannelError> {
             ))
         })
         .collect::<Result<VecDeque<_>, ChannelError>>()?;
+    let unconfirmed = m.unconfirmed.map(Proposal::from_pb).transpose()?;
+    let release_intents = m
+        .release_intents
+        .iter()
+        .map(|b| EscrowId::from_slice(b))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Channel {
         local,
         latest,
@@ -137,5 +147,7 @@ pub fn decode(bytes: &[u8]) -> Result<Channel, ChannelError> {
         status,
         opened_at_ms: m.opened_at_ms,
         resolved,
+        unconfirmed,
+        release_intents,
     })
 }

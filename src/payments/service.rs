@@ -13,8 +13,7 @@
 //! One proposal per channel is in flight at a time; operations queue behind it (bounded),
 //! and queued payments are merged into one state.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -26,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{Channel, CloseAnswer, Op, Received, Settlement, Status};
+use super::escrow_book::EscrowBook;
 use super::metrics::PaymentMetrics;
 use super::record::{self, Wallet};
 use super::view::{ChannelPage, ChannelView, WalletView};
@@ -55,6 +55,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const KEPT_SETTLED: usize = 1024;
 /// Convictions remembered, so repeated evidence counts once.
 const CONVICTIONS: usize = 4096;
+/// How long an unanswered open waits before its deposit goes back to the wallet.
+const OPEN_GIVE_UP: Duration = Duration::from_secs(30);
 
 type ViewReply = oneshot::Sender<Result<ChannelView, PaymentsError>>;
 type LockReply = oneshot::Sender<Result<(), PaymentsError>>;
@@ -96,40 +98,6 @@ enum Command {
         escrow: EscrowId,
         reason: &'static str,
     },
-}
-
-/// The escrows peers locked for this node, as their latest binding states hold them: the
-/// market checks here, without waiting, that a requester locked a task's price before it
-/// executes the task.
-#[derive(Debug, Clone, Default)]
-pub struct EscrowBook(Arc<Mutex<HashMap<EscrowId, Escrowed>>>);
-
-/// Who locked an escrow for us, how much, in which channel.
-type Escrowed = (PeerId, u64, ChannelId);
-
-impl EscrowBook {
-    /// The amount `payer` locked for us under `escrow`, if it did.
-    pub fn locked(&self, payer: &PeerId, escrow: &EscrowId) -> Option<u64> {
-        let book = self.0.lock().expect("escrow book poisoned");
-        book.get(escrow)
-            .filter(|(p, _, _)| p == payer)
-            .map(|(_, amount, _)| *amount)
-    }
-
-    fn sync(&self, channel: &Channel) {
-        let id = channel.id();
-        let peer = channel.peer();
-        let mut book = self.0.lock().expect("escrow book poisoned");
-        book.retain(|_, (_, _, c)| *c != id);
-        if channel.is_settled() {
-            return;
-        }
-        for lock in &channel.latest.state.locks {
-            if lock.payer != channel.local {
-                book.insert(lock.escrow_id, (peer, lock.amount, id));
-            }
-        }
-    }
 }
 
 /// The handle to the payments service. Cheap to clone.
@@ -251,13 +219,11 @@ impl PaymentsService {
     /// Releases an escrow we locked to `peer` (its task was verified). Returns at once; the
     /// release is persisted and sent, and re-sent until countersigned.
     pub fn release(&self, peer: PeerId, escrow: EscrowId) {
-        if self
-            .commands
-            .try_send(Command::Release { peer, escrow })
-            .is_err()
-        {
-            tracing::warn!(%escrow, "payments queue full: release dropped; the lock is refunded when it expires");
-        }
+        // Never dropped: a full queue is waited on (by a task, so the caller is not).
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            let _ = commands.send(Command::Release { peer, escrow }).await;
+        });
     }
 
     /// Refunds an escrow we locked to `peer` (its task failed), as soon as the lock expires.
@@ -301,7 +267,7 @@ impl Waiter {
 
 struct Queued {
     op: Op,
-    waiter: Option<Waiter>,
+    waiters: Vec<Waiter>,
 }
 
 struct Entry {
@@ -319,6 +285,8 @@ struct Entry {
     kinds: HashMap<EscrowId, &'static str>,
     refund_reasons: HashMap<EscrowId, &'static str>,
     closing_sent: bool,
+    /// Answers in a row that made no progress (refusals to retry, transport errors).
+    stalls: u32,
 }
 
 impl Entry {
@@ -337,7 +305,32 @@ impl Entry {
             kinds: HashMap::new(),
             refund_reasons: HashMap::new(),
             closing_sent: false,
+            stalls: 0,
         }
+    }
+
+    /// The pause before retrying after `stalls` answers without progress: 20 ms doubling to
+    /// 5 s, with jitter, so two parties proposing at once do not collide again.
+    fn backoff(&self) -> Duration {
+        let base = 20u64 << self.stalls.min(8);
+        let jitter = rand::thread_rng().gen_range(0..=base / 2);
+        Duration::from_millis((base + jitter).min(5_000))
+    }
+
+    /// Whether `escrow` is to be released: decided (a persisted intent) or queued.
+    fn releasing(&self, escrow: &EscrowId) -> bool {
+        self.channel.release_intents.contains(escrow) || self.releasing_queued(escrow)
+    }
+
+    /// Whether a release of `escrow` is queued or pending.
+    fn releasing_queued(&self, escrow: &EscrowId) -> bool {
+        self.queue
+            .iter()
+            .any(|q| matches!(&q.op, Op::Release(r) if r == escrow))
+            || self.channel.pending.as_ref().is_some_and(|p| {
+                self.channel.lock(escrow).is_some()
+                    && p.state.locks.iter().all(|l| l.escrow_id != *escrow)
+            })
     }
 
     /// What we could still lock or pay: our balance, less what the pending proposal and the
@@ -357,13 +350,16 @@ impl Entry {
         left
     }
 
+    /// Whether `escrow` is a lock of ours here: binding, pending or queued.
     fn holds(&self, escrow: &EscrowId) -> bool {
-        self.channel.lock(escrow).is_some()
+        let local = self.channel.local;
+        let ours = |l: &super::wire::Lock| l.escrow_id == *escrow && l.payer == local;
+        self.channel.latest.state.locks.iter().any(ours)
             || self
                 .channel
                 .pending
                 .as_ref()
-                .is_some_and(|p| p.state.locks.iter().any(|l| l.escrow_id == *escrow))
+                .is_some_and(|p| p.state.locks.iter().any(ours))
             || self
                 .queue
                 .iter()
@@ -412,6 +408,9 @@ pub struct PaymentsActor {
     wallet: Wallet,
     escrows: EscrowBook,
     convicted: LruCache<(ChannelId, PeerId), ()>,
+    /// Every channel id this node ever held (settled ones leave memory, not this set): an id
+    /// is never opened twice.
+    known: HashSet<ChannelId>,
     dirty: Vec<ChannelId>,
     wallet_dirty: bool,
     settlements: Vec<(ChannelId, Vec<u8>)>,
@@ -451,10 +450,12 @@ impl PaymentsService {
             }
         };
         let mut channels = HashMap::new();
+        let mut known = HashSet::new();
         for bytes in &loaded.channels {
             match record::decode(bytes) {
                 Ok(c) => {
                     escrows.sync(&c);
+                    known.insert(c.id());
                     channels.insert(c.id(), Entry::new(c));
                 }
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable channel record"),
@@ -476,6 +477,7 @@ impl PaymentsService {
             wallet,
             escrows: escrows.clone(),
             convicted: LruCache::new(std::num::NonZeroUsize::new(CONVICTIONS).expect("nonzero")),
+            known,
             dirty: Vec::new(),
             wallet_dirty,
             settlements: Vec::new(),
@@ -523,6 +525,19 @@ impl PaymentsActor {
     }
 
     async fn serve(mut self, cancel: CancellationToken) -> Result<(), LedgerError> {
+        // Releases decided before a restart go on (their locks would otherwise expire and
+        // be refunded).
+        let intents: Vec<(ChannelId, EscrowId)> = self
+            .channels
+            .values()
+            .flat_map(|e| {
+                let id = e.channel.id();
+                e.channel.release_intents.iter().map(move |x| (id, *x))
+            })
+            .collect();
+        for (id, escrow) in intents {
+            self.enqueue(id, Op::Release(escrow), Vec::new());
+        }
         self.refresh_gauges();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -597,6 +612,7 @@ impl PaymentsActor {
                 return Err(e);
             }
         }
+        self.prune_settled();
         for a in std::mem::take(&mut self.after) {
             match a {
                 After::Respond(reply, bytes) => {
@@ -735,13 +751,13 @@ impl PaymentsActor {
                 }
             },
             Command::Pay { id, amount, reply } => {
-                self.enqueue(id, Op::Pay(amount), Some(Waiter::View(reply)));
+                self.enqueue(id, Op::Pay(amount), vec![Waiter::View(reply)]);
             }
             Command::Close {
                 id,
                 unilateral: false,
                 reply,
-            } => self.enqueue(id, Op::Close, Some(Waiter::View(reply))),
+            } => self.enqueue(id, Op::Close, vec![Waiter::View(reply)]),
             Command::Close {
                 id,
                 unilateral: true,
@@ -761,7 +777,17 @@ impl PaymentsActor {
                 reply,
             } => self.lock(peer, escrow, amount, expires_at_ms, kind, reply),
             Command::Release { peer, escrow } => match self.holder(&peer, &escrow) {
-                Some(id) => self.enqueue(id, Op::Release(escrow), None),
+                Some(id) => {
+                    // Persisted with the channel in this batch: a restart still releases.
+                    let e = self.channels.get_mut(&id).expect("holder exists");
+                    if !e.channel.release_intents.contains(&escrow) {
+                        e.channel.release_intents.push(escrow);
+                        self.dirty.push(id);
+                    }
+                    if !e.releasing_queued(&escrow) {
+                        self.enqueue(id, Op::Release(escrow), Vec::new());
+                    }
+                }
                 None => tracing::debug!(%escrow, "release of an escrow no channel holds"),
             },
             Command::Refund {
@@ -819,7 +845,16 @@ impl PaymentsActor {
         if peer == self.local {
             return Err(ChannelError::WrongSigner.into());
         }
-        if self.unsettled().count() >= self.config.max_channels {
+        // Our own channels have their own quota, so peers opening channels with us cannot
+        // use it up; and a peer that never answers gets at most a few of our deposits.
+        let ours: Vec<&Entry> = self
+            .unsettled()
+            .filter(|e| e.channel.local == Side::A)
+            .collect();
+        if ours.len() >= self.config.max_channels
+            || ours.iter().filter(|e| e.channel.peer() == peer).count()
+                >= self.config.max_channels_per_peer
+        {
             return Err(ChannelError::TooManyChannels.into());
         }
         if deposit > self.wallet.available {
@@ -827,6 +862,7 @@ impl PaymentsActor {
         }
         let id = ChannelId::random();
         let (channel, _) = Channel::open(&self.key, peer, id, deposit, their_deposit, now_ms())?;
+        self.known.insert(id);
         self.wallet.available -= deposit;
         self.wallet_dirty = true;
         self.channels.insert(id, Entry::new(channel));
@@ -850,6 +886,7 @@ impl PaymentsActor {
             .filter(|e| {
                 e.channel.peer() == peer
                     && matches!(e.channel.status, Status::Open | Status::Opening)
+                    && e.stalls < 3
                     && e.queue.len() < MAX_QUEUED
                     && e.spendable() >= amount
             })
@@ -886,24 +923,24 @@ impl PaymentsActor {
                 amount,
                 expires_at_ms,
             },
-            Some(Waiter::Lock(reply)),
+            vec![Waiter::Lock(reply)],
         );
     }
 
-    fn enqueue(&mut self, id: ChannelId, op: Op, waiter: Option<Waiter>) {
+    fn enqueue(&mut self, id: ChannelId, op: Op, waiters: Vec<Waiter>) {
         let Some(e) = self.channels.get_mut(&id) else {
-            if let Some(w) = waiter {
+            for w in waiters {
                 w.fail(PaymentsError::UnknownChannel);
             }
             return;
         };
         if e.queue.len() >= MAX_QUEUED {
-            if let Some(w) = waiter {
+            for w in waiters {
                 w.fail(PaymentsError::Busy);
             }
             return;
         }
-        e.queue.push_back(Queued { op, waiter });
+        e.queue.push_back(Queued { op, waiters });
         self.pump(id);
     }
 
@@ -916,6 +953,10 @@ impl PaymentsActor {
         if e.channel.pending.is_some() || e.in_flight {
             return;
         }
+        if e.retry_at.is_some_and(|t| t > Instant::now()) {
+            // Backing off after a refusal: the timer pumps.
+            return;
+        }
         match e.channel.status {
             Status::Open => {}
             Status::Opening => return,
@@ -926,7 +967,7 @@ impl PaymentsActor {
                     ChannelError::Closing
                 };
                 for q in e.queue.drain(..) {
-                    if let Some(w) = q.waiter {
+                    for w in q.waiters {
                         w.fail(err.into());
                     }
                 }
@@ -935,7 +976,7 @@ impl PaymentsActor {
         }
         while let Some(first) = e.queue.pop_front() {
             let mut op = first.op;
-            let mut waiters: Vec<Waiter> = first.waiter.into_iter().collect();
+            let mut waiters = first.waiters;
             // Payments queued behind each other become one state.
             if let Op::Pay(mut total) = op {
                 while let Some(Queued {
@@ -947,7 +988,7 @@ impl PaymentsActor {
                         _ => break,
                     }
                     let q = e.queue.pop_front().expect("front exists");
-                    waiters.extend(q.waiter);
+                    waiters.extend(q.waiters);
                 }
                 op = Op::Pay(total);
             }
@@ -962,8 +1003,10 @@ impl PaymentsActor {
                     return;
                 }
                 Err(err) => {
-                    if matches!(op, Op::Pay(_) | Op::Release(_)) {
-                        self.metrics.payment_rejected();
+                    if let Op::Release(x) = &op {
+                        // Nothing left to release (refunded or settled): drop the intent.
+                        e.channel.release_intents.retain(|r| r != x);
+                        self.dirty.push(id);
                     }
                     for w in waiters {
                         w.fail(err.into());
@@ -1029,7 +1072,7 @@ impl PaymentsActor {
             return;
         }
         e.closing_sent = true;
-        let frame = Request::Close((**close).clone()).encode();
+        let frame = Request::Close(close.clone()).encode();
         let request = exchange(self.p2p.clone(), e.channel.peer(), frame);
         self.jobs.spawn(async move {
             let result = request.await;
@@ -1062,22 +1105,23 @@ impl PaymentsActor {
             Ok(r) => r,
             Err(error) => {
                 // Keep the signed proposal; re-send it, byte for byte, with backoff.
-                let backoff = Duration::from_millis(100u64 << e.attempts.min(6));
+                e.stalls += 1;
+                let backoff = e.backoff().max(Duration::from_millis(100));
                 tracing::debug!(channel = %id, error, ?backoff, "proposal not delivered; will re-send");
                 e.retry_at = Some(Instant::now() + backoff);
                 return;
             }
         };
-        e.last_heard = Instant::now();
         match response {
             Response::Countersig(sig) => match e.channel.countersigned(&sig, now) {
                 Ok(op) => {
-                    let prev = &prev;
+                    e.stalls = 0;
+                    e.last_heard = Instant::now();
                     let took = e.proposed_at.elapsed().as_secs_f64();
                     let waiters = std::mem::take(&mut e.waiting);
                     match op {
                         None => self.metrics.channel("opened", true),
-                        Some(op) => self.on_applied(id, &op, true, took, prev),
+                        Some(op) => self.on_applied(id, &op, true, took, &prev),
                     }
                     for w in waiters {
                         self.after.push(match w {
@@ -1091,24 +1135,25 @@ impl PaymentsActor {
                 Err(err) => {
                     tracing::warn!(channel = %id, error = %err, "peer's countersignature does not verify; re-sending");
                     self.metrics.refused("countersig", err.label());
-                    e.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    e.stalls += 1;
+                    e.retry_at = Some(Instant::now() + e.backoff().max(Duration::from_secs(1)));
                 }
             },
             Response::Refused(reason) => {
+                // A refusal is an answer, not progress: it does not keep the peer "alive".
+                e.stalls += 1;
                 let op = e.channel.refused(highest, now);
                 let waiters = std::mem::take(&mut e.waiting);
                 let retry =
                     reason == ChannelError::Busy.label() || reason == ChannelError::Stale.label();
+                let gone = reason == ChannelError::Settled.label()
+                    || reason == ChannelError::UnknownChannel.label();
                 match op {
                     Some(op) if retry => {
                         // Both sides proposed at once, or our number was behind: propose the
-                        // same change again, numbered above the peer's, after a short pause.
-                        let mut waiters = waiters.into_iter();
-                        let first = waiters.next();
-                        e.queue.push_front(Queued { op, waiter: first });
-                        e.waiting = waiters.collect();
-                        let pause = rand::thread_rng().gen_range(20..200);
-                        e.retry_at = Some(Instant::now() + Duration::from_millis(pause));
+                        // same change again, numbered above the peer's, after a pause.
+                        e.queue.push_front(Queued { op, waiters });
+                        e.retry_at = Some(Instant::now() + e.backoff());
                     }
                     op => {
                         tracing::info!(channel = %id, reason, "peer refused our proposal");
@@ -1119,20 +1164,12 @@ impl PaymentsActor {
                             w.fail(PaymentsError::Refused(reason.clone()));
                         }
                         if opening {
-                            // State 0 was never countersigned: the deposit comes back.
-                            let deposit = e.channel.latest.state.deposit(Side::A);
-                            e.channel.status = Status::Settled {
-                                how: Settlement::Cooperative,
-                                at_ms: now,
-                            };
-                            e.channel.latest.state.balance_a = deposit;
-                            self.wallet.available = self.wallet.available.saturating_add(deposit);
-                            self.wallet_dirty = true;
-                            for q in e.queue.drain(..) {
-                                if let Some(w) = q.waiter {
-                                    w.fail(PaymentsError::Refused(reason.clone()));
-                                }
-                            }
+                            self.abandon_open(id, &reason);
+                        } else if gone {
+                            // The peer holds the channel settled (or not at all): settle our
+                            // side on what we hold, through a close it can still dispute.
+                            tracing::warn!(channel = %id, reason, "the peer no longer holds the channel open; closing");
+                            let _ = self.close_unilaterally(id);
                         }
                     }
                 }
@@ -1142,9 +1179,40 @@ impl PaymentsActor {
                 }
             }
             Response::Dispute(_) | Response::CloseAccepted => {
-                e.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                // Not an answer to a proposal.
+                e.stalls += 1;
+                e.retry_at = Some(Instant::now() + e.backoff().max(Duration::from_secs(1)));
             }
         }
+    }
+
+    /// Our state 0 was refused, or never answered: the channel never opened. Our deposit
+    /// comes back (the peer can at most close with state 0, which pays it back to us too).
+    fn abandon_open(&mut self, id: ChannelId, why: &str) {
+        let Some(e) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if e.channel.status != Status::Opening {
+            return;
+        }
+        tracing::info!(channel = %id, why, "channel not opened; its deposit returns to the wallet");
+        let deposit = e.channel.latest.state.deposit(Side::A);
+        e.channel.pending = None;
+        e.channel.status = Status::Settled {
+            how: Settlement::Abandoned,
+            at_ms: now_ms(),
+        };
+        self.wallet.available = self.wallet.available.saturating_add(deposit);
+        self.wallet_dirty = true;
+        for w in e.waiting.drain(..) {
+            w.fail(PaymentsError::Refused(why.to_owned()));
+        }
+        for q in e.queue.drain(..) {
+            for w in q.waiters {
+                w.fail(PaymentsError::Refused(why.to_owned()));
+            }
+        }
+        self.touch(id);
     }
 
     fn on_close_answer(&mut self, id: ChannelId, result: Result<(Response, u64), String>) {
@@ -1156,7 +1224,7 @@ impl PaymentsActor {
             Ok((Response::CloseAccepted, _)) => {
                 e.last_heard = Instant::now();
                 if e.channel.settle_unilaterally(now).is_ok() {
-                    self.settle(id, false);
+                    self.settle(id, true);
                 }
             }
             Ok((Response::Dispute(higher), _)) => {
@@ -1165,16 +1233,18 @@ impl PaymentsActor {
                     Ok(()) => {
                         tracing::warn!(channel = %id, "our close was disputed with a higher state");
                         self.metrics.dispute("resolved");
-                        self.settle(id, false);
+                        self.settle(id, true);
                     }
                     Err(err) => self.metrics.refused("dispute", err.label()),
                 }
             }
-            Ok((other, _)) => {
-                tracing::info!(channel = %id, answer = ?other, "close not accepted; settling after the challenge window");
-            }
-            Err(error) => {
-                tracing::info!(channel = %id, error, "close not delivered; settling after the challenge window");
+            other => {
+                // Not delivered, or refused: the peer may not know yet. Re-send within the
+                // challenge window; it settles when the window ends anyway.
+                tracing::info!(channel = %id, answer = ?other, "close not accepted; re-sending");
+                e.closing_sent = false;
+                e.stalls += 1;
+                e.retry_at = Some(Instant::now() + e.backoff().max(Duration::from_millis(500)));
             }
         }
     }
@@ -1196,6 +1266,7 @@ impl PaymentsActor {
                 self.metrics.escrow_created(kind, *amount);
             }
             Op::Release(escrow) if ours => {
+                e.channel.release_intents.retain(|r| r != escrow);
                 let amount = lock_of(escrow).map_or(0, |l| l.amount);
                 self.metrics.escrow_released("verified");
                 self.metrics.payment_accepted(amount, took);
@@ -1237,7 +1308,7 @@ impl PaymentsActor {
             w.fail(ChannelError::Settled.into());
         }
         for q in e.queue.drain(..) {
-            if let Some(w) = q.waiter {
+            for w in q.waiters {
                 w.fail(ChannelError::Settled.into());
             }
         }
@@ -1262,7 +1333,6 @@ impl PaymentsActor {
         self.metrics.channel("closed", by_us);
         tracing::info!(channel = %id, how = how.label(), payout, "channel settled");
         self.touch(id);
-        self.prune_settled();
     }
 
     // ----- requests from peers -----
@@ -1312,12 +1382,17 @@ impl PaymentsActor {
                     }
                     return Err((ChannelError::DuplicateChannel, 0));
                 }
-                let unsettled: Vec<&Entry> = self.unsettled().collect();
-                if unsettled.len() >= self.config.max_channels
-                    || unsettled
-                        .iter()
-                        .filter(|e| e.channel.peer() == peer)
-                        .count()
+                if self.known.contains(&id) {
+                    // Settled long ago and out of memory: an id is never opened twice.
+                    return Err((ChannelError::DuplicateChannel, 0));
+                }
+                // Channels peers open have their own quota, apart from ours.
+                let theirs: Vec<&Entry> = self
+                    .unsettled()
+                    .filter(|e| e.channel.local == Side::B)
+                    .collect();
+                if theirs.len() >= self.config.max_channels
+                    || theirs.iter().filter(|e| e.channel.peer() == peer).count()
                         >= self.config.max_channels_per_peer
                 {
                     return Err((ChannelError::TooManyChannels, 0));
@@ -1330,6 +1405,7 @@ impl PaymentsActor {
                     .map_err(|e| (e, 0))?;
                 self.wallet.available -= channel.latest.state.deposit_b;
                 self.wallet_dirty = true;
+                self.known.insert(id);
                 self.channels.insert(id, Entry::new(channel));
                 self.metrics.channel("opened", false);
                 self.touch(id);
@@ -1384,13 +1460,18 @@ impl PaymentsActor {
                             self.metrics.dispute("opened");
                             self.metrics.dispute("resolved");
                             self.settle(id, false);
-                            let evidence = Evidence {
-                                close,
-                                higher: (*higher).clone(),
-                            };
-                            self.convicted.put((id, peer), ());
-                            self.after.push(After::Publish(evidence.encode()));
-                            self.after.push(After::Convict(peer));
+                            // Cheating only if our state is above all the closer admitted to
+                            // have signed: a closer whose proposal we countersigned but whose
+                            // answer was lost disclosed it, and is not to blame.
+                            if higher.state.number > close.admitted() {
+                                let evidence = Evidence {
+                                    close: *close,
+                                    higher: (*higher).clone(),
+                                };
+                                self.convicted.put((id, peer), ());
+                                self.after.push(After::Publish(evidence.encode()));
+                                self.after.push(After::Convict(peer));
+                            }
                         }
                         Ok((Response::Dispute(higher), highest))
                     }
@@ -1400,6 +1481,14 @@ impl PaymentsActor {
     }
 
     fn on_gossip(&mut self, message: GossipMessage) {
+        // Evidence already judged is dropped before its signatures are checked.
+        let judged = Evidence::peek(&message.data)
+            .and_then(|(channel, closer)| Some((channel, PeerId::from_bytes(&closer).ok()?)))
+            .is_some_and(|key| self.convicted.contains(&key));
+        if judged {
+            let _ = message.verdict.send(Verdict::Ignore);
+            return;
+        }
         let verdict = match Evidence::open(&message.data) {
             Ok((evidence, cheater)) => {
                 let key = (evidence.higher.state.channel_id, cheater);
@@ -1442,12 +1531,18 @@ impl PaymentsActor {
                     if now_ms >= close.at_ms.saturating_add(challenge) {
                         let _ = e.channel.settle_unilaterally(now_ms);
                         self.settle(id, true);
-                    } else if !e.closing_sent {
+                    } else if !e.closing_sent && e.retry_at.is_none_or(|t| t <= now) {
                         self.send_close(id);
                     }
                     continue;
                 }
                 Status::Open | Status::Opening => {}
+            }
+            if e.channel.status == Status::Opening
+                && now.duration_since(e.last_heard) >= OPEN_GIVE_UP
+            {
+                self.abandon_open(id, "the peer did not answer the open");
+                continue;
             }
             let waiting_on_peer = e.channel.pending.is_some()
                 || e.channel
@@ -1494,11 +1589,13 @@ impl PaymentsActor {
             .filter(|l| l.payer == local && l.expires_at_ms <= now_ms)
             .map(|l| l.escrow_id)
             .filter(|x| {
-                !e.refunds_due.iter().any(|(d, _)| d == x)
+                // A lock whose task was verified is released, whatever its age.
+                !e.releasing(x)
+                    && !e.refunds_due.iter().any(|(d, _)| d == x)
                     && !e
                         .queue
                         .iter()
-                        .any(|q| matches!(&q.op, Op::Release(r) | Op::Refund(r) if r == x))
+                        .any(|q| matches!(&q.op, Op::Refund(r) if r == x))
             })
             .collect();
         for x in expired {
@@ -1513,6 +1610,12 @@ impl PaymentsActor {
             return;
         };
         let mut ready = Vec::new();
+        let releasing: Vec<EscrowId> = e
+            .refunds_due
+            .iter()
+            .map(|(x, _)| *x)
+            .filter(|x| e.releasing(x))
+            .collect();
         e.refunds_due.retain(|(x, reason)| {
             let Some(lock) = e.channel.lock(x) else {
                 // Released, refunded or not yet locked: nothing to refund now.
@@ -1521,7 +1624,10 @@ impl PaymentsActor {
                         .iter()
                         .any(|q| matches!(&q.op, Op::Lock { escrow_id, .. } if escrow_id == x));
             };
-            if lock.expires_at_ms <= now {
+            if releasing.contains(x) {
+                // Verified after all (a retry may have found the result late): no refund.
+                false
+            } else if lock.expires_at_ms <= now {
                 ready.push((*x, *reason));
                 false
             } else {
@@ -1542,7 +1648,7 @@ impl PaymentsActor {
                 e.refund_reasons.entry(x).or_insert(reason);
                 e.queue.push_back(Queued {
                     op: Op::Refund(x),
-                    waiter: None,
+                    waiters: Vec::new(),
                 });
             }
         }

@@ -33,8 +33,12 @@ pub const MAX_AMOUNT: u64 = 1 << 50;
 pub const MAX_LOCKS: usize = 64;
 /// Longest an escrow may stay locked, from the time it is proposed (1 day).
 pub const MAX_LOCK_TTL_MS: u64 = 24 * 3600 * 1000;
-/// Largest encoded state.
-pub const MAX_STATE_BYTES: usize = 8 * 1024;
+/// Largest encoded state (one with [`MAX_LOCKS`] locks of the largest amounts takes about
+/// 3.9 KiB).
+pub const MAX_STATE_BYTES: usize = 4 * 1024;
+/// How far above the numbers both sides know a peer may number a state (or claim to have
+/// signed): a state numbered near `u64::MAX` would leave no number for the next one.
+pub const MAX_NUMBER_JUMP: u64 = 1 << 32;
 /// Largest request or response frame.
 pub const MAX_FRAME_BYTES: usize = crate::p2p::MAX_CHANNEL_FRAME_BYTES as usize;
 /// Length of an ed25519 signature.
@@ -666,16 +670,26 @@ pub struct SignedClose {
     pub bytes: Vec<u8>,
     /// The closer's signature.
     pub sig: Vec<u8>,
+    /// The closer's highest signed proposal above `state`, whose fate it does not know.
+    pub disclosed: Option<Proposal>,
 }
 
 impl SignedClose {
-    /// The closer signs a close with `state`.
-    pub fn sign(key: &Keypair, state: SignedState, at_ms: u64) -> Self {
+    /// The closer signs a close with `state`, disclosing `unconfirmed` (its highest signed
+    /// proposal above `state` that it does not know to be binding).
+    pub fn sign(
+        key: &Keypair,
+        state: SignedState,
+        unconfirmed: Option<Proposal>,
+        at_ms: u64,
+    ) -> Self {
         let closer = key.public().to_peer_id();
+        let disclosed = unconfirmed.filter(|p| p.state.number > state.state.number);
         let bytes = pb::Close {
             state: Some(state.to_pb()),
             closer: closer.to_bytes(),
             at_ms,
+            disclosed: disclosed.as_ref().map(Proposal::to_pb),
         }
         .encode_to_vec();
         let sig = key
@@ -687,7 +701,16 @@ impl SignedClose {
             at_ms,
             bytes,
             sig,
+            disclosed,
         }
+    }
+
+    /// The highest number the closer admits to have signed.
+    pub fn admitted(&self) -> u64 {
+        self.disclosed
+            .as_ref()
+            .map_or(self.state.state.number, |p| p.state.number)
+            .max(self.state.state.number)
     }
 
     /// The protobuf form.
@@ -715,18 +738,37 @@ impl SignedClose {
             return Err(ChannelError::WrongSigner);
         }
         state.verify()?;
+        let disclosed = c.disclosed.map(Proposal::from_pb).transpose()?;
+        if let Some(p) = &disclosed {
+            if !same_channel(&p.state, &state.state) {
+                return Err(ChannelError::WrongChannel);
+            }
+            if !verify_state(&closer, &p.bytes, &p.sig) {
+                return Err(ChannelError::BadSignature);
+            }
+        }
         Ok(Self {
             state,
             closer,
             at_ms: c.at_ms,
             bytes: m.close,
             sig: m.sig,
+            disclosed,
         })
     }
 }
 
+/// Whether two states belong to one channel: same id, parties and deposits.
+pub fn same_channel(a: &State, b: &State) -> bool {
+    a.channel_id == b.channel_id
+        && a.party_a == b.party_a
+        && a.party_b == b.party_b
+        && a.deposit_a == b.deposit_a
+        && a.deposit_b == b.deposit_b
+}
+
 /// Proof that a closer cheated: its signed close used a state lower than another binding
-/// state of the same channel.
+/// state of the same channel, one above everything the close disclosed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evidence {
     /// The close.
@@ -745,7 +787,21 @@ impl Evidence {
         .encode_to_vec()
     }
 
-    /// Decodes and verifies evidence; returns the cheater. Every node can check it alone.
+    /// The channel and the accused, read without checking any signature: a cheap key to
+    /// drop evidence already judged before paying for its verification.
+    pub fn peek(bytes: &[u8]) -> Option<(ChannelId, Vec<u8>)> {
+        if bytes.len() > MAX_FRAME_BYTES * 2 {
+            return None;
+        }
+        let m = pb::Evidence::decode(bytes).ok()?;
+        let close = pb::Close::decode(m.close?.close.as_slice()).ok()?;
+        let state = State::decode(&close.state?.state).ok()?;
+        Some((state.channel_id, close.closer))
+    }
+
+    /// Decodes and verifies evidence; returns the cheater. Every node can check it alone:
+    /// the higher state is binding, of the same channel, and above both the state the
+    /// closer closed with and the highest it disclosed having signed.
     pub fn open(bytes: &[u8]) -> Result<(Self, PeerId), ChannelError> {
         if bytes.len() > MAX_FRAME_BYTES * 2 {
             return Err(ChannelError::Oversized);
@@ -754,16 +810,10 @@ impl Evidence {
         let close = SignedClose::open(m.close.ok_or(ChannelError::Malformed)?)?;
         let higher = SignedState::from_pb(m.higher.ok_or(ChannelError::Malformed)?)?;
         higher.verify()?;
-        let (low, high) = (&close.state.state, &higher.state);
-        if low.channel_id != high.channel_id
-            || low.party_a != high.party_a
-            || low.party_b != high.party_b
-            || low.deposit_a != high.deposit_a
-            || low.deposit_b != high.deposit_b
-        {
+        if !same_channel(&close.state.state, &higher.state) {
             return Err(ChannelError::WrongChannel);
         }
-        if high.number <= low.number {
+        if higher.state.number <= close.admitted() {
             return Err(ChannelError::Stale);
         }
         let cheater = close.closer;
@@ -779,7 +829,7 @@ pub enum Request {
     /// The next state, signed by its proposer.
     Update(Proposal),
     /// A unilateral close.
-    Close(SignedClose),
+    Close(Box<SignedClose>),
 }
 
 impl Request {
@@ -805,7 +855,7 @@ impl Request {
         match m.body.ok_or(ChannelError::Malformed)? {
             Body::Open(p) => Ok(Self::Open(Proposal::from_pb(p)?)),
             Body::Update(p) => Ok(Self::Update(Proposal::from_pb(p)?)),
-            Body::Close(c) => Ok(Self::Close(SignedClose::open(c)?)),
+            Body::Close(c) => Ok(Self::Close(Box::new(SignedClose::open(c)?))),
         }
     }
 
@@ -925,6 +975,40 @@ mod tests {
         );
         assert_eq!(Request::decode(&[0xff, 0xff]), Err(ChannelError::Malformed));
         assert!(Response::decode(&[1, 200]).is_err());
+    }
+
+    #[test]
+    fn the_largest_state_close_and_evidence_fit_their_limits() {
+        let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut s = state(&a, &b);
+        s.number = u64::MAX;
+        s.deposit_a = MAX_AMOUNT;
+        s.deposit_b = MAX_AMOUNT;
+        s.locks = (0..MAX_LOCKS)
+            .map(|i| Lock {
+                escrow_id: EscrowId([i as u8; 32]),
+                payer: Side::B,
+                amount: MAX_AMOUNT,
+                expires_at_ms: u64::MAX,
+            })
+            .collect();
+        let bytes = s.encode();
+        assert!(bytes.len() <= MAX_STATE_BYTES, "{}", bytes.len());
+        let signed = SignedState {
+            sig_a: sign_state(&a, &bytes),
+            sig_b: sign_state(&b, &bytes),
+            state: s.clone(),
+            bytes,
+        };
+        let close = SignedClose::sign(&a, signed.clone(), Some(Proposal::sign(&a, s)), 1);
+        let frame = Request::Close(Box::new(close.clone())).encode();
+        assert!(frame.len() <= MAX_FRAME_BYTES, "{}", frame.len());
+        let evidence = Evidence {
+            close,
+            higher: signed,
+        }
+        .encode();
+        assert!(evidence.len() <= crate::p2p::MAX_GOSSIP_MESSAGE_BYTES);
     }
 
     #[test]

@@ -187,7 +187,7 @@ fn build() -> Vectors {
         })
         .collect();
     // A closes unilaterally with "pay" although "release" is binding: B's evidence.
-    let close = SignedClose::sign(&f.a, signed(&f, &f.states[1].2), NOW_MS);
+    let close = SignedClose::sign(&f.a, signed(&f, &f.states[1].2), None, NOW_MS);
     let evidence = Evidence {
         close: close.clone(),
         higher: signed(&f, &f.states[3].2),

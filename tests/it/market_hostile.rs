@@ -270,8 +270,14 @@ impl RawMarket {
         answer
     }
 
-    /// Locks `amount` for `peer` under `escrow`, in a new channel.
-    pub(crate) async fn lock_escrow(&self, peer: PeerId, escrow: EscrowId, amount: u64) {
+    /// Locks `amount` for `peer` under `escrow` for `ttl_ms`, in a new channel.
+    pub(crate) async fn lock_escrow(
+        &self,
+        peer: PeerId,
+        escrow: EscrowId,
+        amount: u64,
+        ttl_ms: u64,
+    ) {
         let mut channel = self.open_channel(peer, amount).await;
         let answer = self
             .propose(
@@ -279,7 +285,7 @@ impl RawMarket {
                 &Op::Lock {
                     escrow_id: escrow,
                     amount,
-                    expires_at_ms: now_ms() + 60_000,
+                    expires_at_ms: now_ms() + ttl_ms,
                 },
             )
             .await;
@@ -931,12 +937,18 @@ async fn a_requester_that_understates_the_second_price_is_refused_by_winner_and_
             .as_deref(),
         Ok("no_escrow")
     );
-    liar.lock_escrow(
-        winner.body.bidder,
-        zerostate::market::escrow_id(&liar.id, a.body.auction_id),
-        runner_up.body.price,
-    )
-    .await;
+    // Nor with a lock that would expire before its execution time is up.
+    let escrow = zerostate::market::escrow_id(&liar.id, a.body.auction_id);
+    liar.lock_escrow(winner.body.bidder, escrow, runner_up.body.price, 2_000)
+        .await;
+    assert_eq!(
+        liar.request(winner.body.bidder, frame.clone())
+            .await
+            .as_deref(),
+        Ok("no_escrow")
+    );
+    liar.lock_escrow(winner.body.bidder, escrow, runner_up.body.price, 60_000)
+        .await;
     assert_eq!(
         liar.request(winner.body.bidder, frame).await.as_deref(),
         Ok("")

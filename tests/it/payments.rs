@@ -288,6 +288,20 @@ async fn attacks_on_a_channel_are_refused_each_with_its_reason_and_change_nothin
             "overspend",
         ),
         (
+            "a number far beyond the last",
+            Box::new(|c, k, _| {
+                Proposal::sign(
+                    k,
+                    forged(c, |s| {
+                        pay5(s);
+                        s.number = u64::MAX;
+                    }),
+                )
+            }),
+            false,
+            "out_of_bounds",
+        ),
+        (
             "a u64 overflow",
             Box::new(|c, k, _| {
                 Proposal::sign(
@@ -431,9 +445,9 @@ async fn a_stale_unilateral_close_loses_its_dispute_and_convicts_the_closer_on_a
         Response::Countersig(_)
     ));
     // It closes with the state before its last payment.
-    let close = SignedClose::sign(&cheater.key, old, now_ms());
+    let close = SignedClose::sign(&cheater.key, old, None, now_ms());
     let (answer, _) = cheater
-        .channel_request(victim.peer_id(), &Request::Close(close))
+        .channel_request(victim.peer_id(), &Request::Close(Box::new(close)))
         .await
         .unwrap();
     let Response::Dispute(higher) = answer else {

@@ -1,0 +1,59 @@
+//! The escrows peers locked for this node, as their latest binding states in open channels
+//! hold them: the market checks here, without waiting on the payments actor, that a
+//! requester locked a task's price for it before it executes the task.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use libp2p::PeerId;
+
+use super::channel::{Channel, Status};
+use super::wire::{ChannelId, EscrowId};
+
+/// A lock a peer holds for us: how much, until when, in which channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Escrowed {
+    /// The amount.
+    pub amount: u64,
+    /// When the payer may refund it alone (Unix ms).
+    pub expires_at_ms: u64,
+    channel: ChannelId,
+}
+
+/// The escrows locked for us, by payer and escrow id (an escrow id alone can be reused by
+/// another payer in another channel). Shared by the payments actor, which writes it, and
+/// the market, which reads it.
+#[derive(Debug, Clone, Default)]
+pub struct EscrowBook(Arc<Mutex<HashMap<(PeerId, EscrowId), Escrowed>>>);
+
+impl EscrowBook {
+    /// What `payer` locked for us under `escrow`, if it did, in an open channel.
+    pub fn locked(&self, payer: &PeerId, escrow: &EscrowId) -> Option<Escrowed> {
+        let book = self.0.lock().expect("escrow book poisoned");
+        book.get(&(*payer, *escrow)).copied()
+    }
+
+    /// Mirrors `channel`'s locks held for us; a channel that is not open holds none we could
+    /// still count on.
+    pub(super) fn sync(&self, channel: &Channel) {
+        let id = channel.id();
+        let peer = channel.peer();
+        let mut book = self.0.lock().expect("escrow book poisoned");
+        book.retain(|_, e| e.channel != id);
+        if channel.status != Status::Open {
+            return;
+        }
+        for lock in &channel.latest.state.locks {
+            if lock.payer != channel.local {
+                book.insert(
+                    (peer, lock.escrow_id),
+                    Escrowed {
+                        amount: lock.amount,
+                        expires_at_ms: lock.expires_at_ms,
+                        channel: id,
+                    },
+                );
+            }
+        }
+    }
+}
