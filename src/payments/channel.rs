@@ -27,7 +27,7 @@ use super::wire::{
 };
 
 /// Escrows remembered as resolved per channel, to refuse a second release or refund.
-pub const MAX_RESOLVED: usize = 1024;
+pub const MAX_RESOLVED: usize = 256;
 
 /// One change to a channel, from its proposer's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]

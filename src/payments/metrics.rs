@@ -230,6 +230,13 @@ impl PaymentMetrics {
         }
     }
 
+    /// A channel that never opened: its series go.
+    pub fn forget(&mut self, id: ChannelId) {
+        if self.series.remove(&id) {
+            self.remove_balances(&id);
+        }
+    }
+
     /// A channel settled: its series go, and the settlement is counted.
     pub fn settled(&mut self, id: ChannelId, how: &'static str, lifetime: f64, since_close: f64) {
         if self.series.remove(&id) {

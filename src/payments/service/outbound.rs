@@ -177,6 +177,7 @@ impl PaymentsActor {
         };
         self.wallet.available = self.wallet.available.saturating_add(deposit);
         self.wallet_dirty = true;
+        self.metrics.forget(id);
         for w in e.waiting.drain(..) {
             w.fail(PaymentsError::Refused(why.to_owned()));
         }
