@@ -569,7 +569,7 @@ impl From<PaymentsError> for ApiError {
             PaymentsError::Channel(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PaymentsError::UnknownChannel => StatusCode::NOT_FOUND,
             PaymentsError::Refused(_) => StatusCode::CONFLICT,
-            PaymentsError::Pending => StatusCode::ACCEPTED,
+            PaymentsError::Pending(_) => StatusCode::ACCEPTED,
             PaymentsError::Ledger(_) => StatusCode::INTERNAL_SERVER_ERROR,
             PaymentsError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -59,10 +59,9 @@ pub enum Write {
 /// Everything the ledger holds, read once at start.
 #[derive(Debug, Default, Clone)]
 pub struct Loaded {
-    /// Every channel's record.
+    /// Every channel's record. (Settlement records are written for the record, not read
+    /// back: the channel's own record says how it settled.)
     pub channels: Vec<Vec<u8>>,
-    /// Every settlement's record.
-    pub settlements: Vec<Vec<u8>>,
     /// The wallet, if it was ever written.
     pub wallet: Option<Vec<u8>>,
     /// The reputation table, if it was ever written.
@@ -142,10 +141,6 @@ fn read_all(db: &Database) -> Result<Loaded, redb::Error> {
     for entry in tx.open_table(CHANNELS)?.iter()? {
         let (_, v) = entry?;
         loaded.channels.push(v.value().to_vec());
-    }
-    for entry in tx.open_table(SETTLEMENTS)?.iter()? {
-        let (_, v) = entry?;
-        loaded.settlements.push(v.value().to_vec());
     }
     let meta = tx.open_table(META)?;
     loaded.wallet = meta.get(WALLET_KEY)?.map(|v| v.value().to_vec());

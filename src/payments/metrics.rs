@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::wire::ChannelId;
-use crate::metrics::{COST_BUCKETS, CappedKeys, DURATION_BUCKETS};
+use crate::metrics::{COST_BUCKETS, CappedKeys, DURATION_BUCKETS, OutcomeLabels, ReasonLabels};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateParty {
@@ -33,16 +33,6 @@ struct Status {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Type {
     r#type: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,8 +62,8 @@ pub struct PaymentMetrics {
     disputes: Family<Status, Counter>,
     escrows: Family<Type, Counter>,
     escrow_amount: Histogram,
-    releases: Family<Outcome, Counter>,
-    refunds: Family<Reason, Counter>,
+    releases: Family<OutcomeLabels, Counter>,
+    refunds: Family<ReasonLabels, Counter>,
     refused: Family<MessageReason, Counter>,
     wallet: Gauge,
     series: CappedKeys<ChannelId>,
@@ -283,12 +273,14 @@ impl PaymentMetrics {
 
     /// An escrow we locked was released.
     pub fn escrow_released(&self, outcome: &'static str) {
-        self.releases.get_or_create(&Outcome { outcome }).inc();
+        self.releases
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// An escrow we locked came back.
     pub fn escrow_refunded(&self, reason: &'static str) {
-        self.refunds.get_or_create(&Reason { reason }).inc();
+        self.refunds.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// We refused a message.

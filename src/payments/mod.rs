@@ -141,9 +141,10 @@ pub enum PaymentsError {
     Refused(String),
     /// The peer has not countersigned in time; the signed state is kept and re-sent.
     #[error(
-        "the peer has not countersigned yet; the state is kept and re-sent until it does (see the channel's `pending`)"
+        "the peer has not countersigned yet; the state is kept and re-sent until it does (see `pending` of channel {})",
+        .0.map_or_else(|| "?".to_owned(), |id| id.to_string())
     )]
-    Pending,
+    Pending(Option<wire::ChannelId>),
     /// The ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),

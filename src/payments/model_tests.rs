@@ -15,7 +15,7 @@ use proptest::prelude::*;
 
 use super::channel::{Channel, CloseAnswer, Op, Received, Status};
 use super::record;
-use super::wire::{ChannelError, ChannelId, EscrowId, Evidence, Side, SignedState};
+use super::wire::{ChannelError, ChannelId, EscrowId, Evidence, Proposal, Side, SignedState};
 
 const PARTIES: usize = 3;
 const CREDIT: u64 = 1_000;
@@ -788,11 +788,37 @@ fn nothing_changes_after_settlement() {
     );
     sim.step(&Action::Close { ch: 0, side: false }, Fault::None);
     let id = sim.channels[0].0;
+    let keys: Vec<Keypair> = sim.parties.iter().map(|p| p.key.clone()).collect();
+    let stale = {
+        let c = &sim.parties[0].memory[&id];
+        Proposal::sign(&keys[1], {
+            let mut s = c.latest.state.clone();
+            s.number += 1;
+            s.is_final = false;
+            s.balance_a -= 1;
+            s.balance_b += 1;
+            s
+        })
+    };
     for p in [0, 1] {
-        let key = sim.parties[p].key.clone();
+        let key = keys[p].clone();
+        let other = keys[1 - p].public().to_peer_id();
         let c = sim.parties[p].memory.get_mut(&id).unwrap();
+        let before = c.clone();
         assert!(c.is_settled());
         assert_eq!(c.propose(&key, &Op::Pay(1), 0), Err(ChannelError::Settled));
+        assert_eq!(c.close_unilaterally(&key, 0), Err(ChannelError::Settled));
+        assert_eq!(
+            c.on_dispute(before.latest.clone(), 0),
+            Err(ChannelError::Settled)
+        );
+        if p == 0 {
+            assert_eq!(
+                c.receive(&key, other, &stale, 0),
+                Err(ChannelError::Settled)
+            );
+        }
+        assert_eq!(c, &before, "nothing changed");
     }
 }
 

@@ -38,19 +38,12 @@ impl Wallet {
     }
 }
 
-fn side_pb(side: Side) -> i32 {
-    match side {
-        Side::A => pb::Side::A as i32,
-        Side::B => pb::Side::B as i32,
-    }
-}
-
 /// Encodes a channel for the ledger.
 pub fn encode(c: &Channel) -> Vec<u8> {
-    let (status, close, close_at, settlement, settled_at) = match &c.status {
-        Status::Opening => (0, None, 0, 0, 0),
-        Status::Open => (1, None, 0, 0, 0),
-        Status::Closing(close) => (2, Some(close.to_pb()), close.at_ms, 0, 0),
+    let (status, close, settlement, settled_at) = match &c.status {
+        Status::Opening => (0, None, 0, 0),
+        Status::Open => (1, None, 0, 0),
+        Status::Closing(close) => (2, Some(close.to_pb()), 0, 0),
         Status::Settled { how, at_ms } => {
             let how = match how {
                 Settlement::Cooperative => 1,
@@ -58,17 +51,16 @@ pub fn encode(c: &Channel) -> Vec<u8> {
                 Settlement::Disputed => 3,
                 Settlement::Abandoned => 4,
             };
-            (3, None, 0, how, *at_ms)
+            (3, None, how, *at_ms)
         }
     };
     pb::ChannelRecord {
         latest: Some(c.latest.to_pb()),
         pending: c.pending.as_ref().map(Proposal::to_pb),
-        local: side_pb(c.local),
+        local: c.local.to_pb(),
         highest_signed: c.highest_signed,
         status,
         opened_at_ms: c.opened_at_ms,
-        close_at_ms: close_at,
         close,
         resolved: c
             .resolved
@@ -95,11 +87,7 @@ pub fn decode(bytes: &[u8]) -> Result<Channel, ChannelError> {
     let m = pb::ChannelRecord::decode(bytes).map_err(|_| ChannelError::Malformed)?;
     let latest = SignedState::from_pb(m.latest.ok_or(ChannelError::Malformed)?)?;
     let pending = m.pending.map(Proposal::from_pb).transpose()?;
-    let local = match pb::Side::try_from(m.local) {
-        Ok(pb::Side::A) => Side::A,
-        Ok(pb::Side::B) => Side::B,
-        Err(_) => return Err(ChannelError::Malformed),
-    };
+    let local = Side::from_pb(m.local)?;
     let status = match m.status {
         0 => Status::Opening,
         1 => Status::Open,

@@ -45,7 +45,8 @@ pub struct ChannelView {
     pub opener: bool,
     /// opening, open, closing or settled.
     pub status: String,
-    /// How it settled (cooperative, unilateral, disputed), once settled.
+    /// How it settled (cooperative, unilateral, disputed; abandoned: it never opened), once
+    /// settled.
     pub settlement: Option<String>,
     /// The number of the latest state both signed.
     pub number: u64,

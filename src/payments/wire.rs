@@ -48,91 +48,63 @@ pub const MAX_REASON_LEN: usize = 64;
 
 /// Why a channel message or operation was refused. [`ChannelError::label`] is the reason in
 /// metrics and on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChannelError {
     /// Larger than its limit.
-    #[error("oversized")]
     Oversized,
     /// Not the protobuf message, or a field of the wrong length.
-    #[error("malformed")]
     Malformed,
     /// A signature does not verify.
-    #[error("bad_signature")]
     BadSignature,
     /// Sent or signed by a peer that is not the channel's other party.
-    #[error("wrong_signer")]
     WrongSigner,
     /// A state of another channel, or one whose parties or deposits differ from the channel's.
-    #[error("wrong_channel")]
     WrongChannel,
     /// No such channel.
-    #[error("unknown_channel")]
     UnknownChannel,
     /// A channel id that is already in use.
-    #[error("duplicate_channel")]
     DuplicateChannel,
     /// A number at or below one already agreed or signed: an old state replayed.
-    #[error("stale")]
     Stale,
     /// The number of the latest state with other content.
-    #[error("conflicting")]
     Conflicting,
     /// A state that lowers the receiver's balance.
-    #[error("pays_payee_less")]
     PaysLess,
     /// A payment larger than the payer's balance.
-    #[error("overspend")]
     Overspend,
     /// An amount above the limit, or amounts whose sum overflows.
-    #[error("overflow")]
     Overflow,
     /// Balances and locks do not add up to the deposits.
-    #[error("not_conserved")]
     NotConserved,
     /// A lock not paid for from the payer's balance: one deposit backing two escrows.
-    #[error("unbacked_escrow")]
     UnbackedEscrow,
     /// A lock whose escrow id is already locked in the channel.
-    #[error("duplicate_escrow")]
     DuplicateEscrow,
     /// A release or refund of an escrow that was already released or refunded.
-    #[error("already_resolved")]
     AlreadyResolved,
     /// A release or refund of an escrow the channel does not hold.
-    #[error("unknown_escrow")]
     UnknownEscrow,
     /// The payer refunding a lock before it expires.
-    #[error("not_expired")]
     NotExpired,
     /// More than one change in one state, or a change no operation makes.
-    #[error("invalid_transition")]
     InvalidTransition,
     /// A state that changes nothing.
-    #[error("empty_update")]
     Empty,
     /// More than [`MAX_LOCKS`] locks.
-    #[error("too_many_locks")]
     TooManyLocks,
     /// A field out of its range (an expiry too far away, a zero deposit).
-    #[error("out_of_bounds")]
     OutOfBounds,
     /// The channel is settled: nothing changes any more.
-    #[error("settled")]
     Settled,
     /// The channel is closing: only its close and disputes count.
-    #[error("closing")]
     Closing,
     /// The receiver has a proposal of its own in flight; retry.
-    #[error("busy")]
     Busy,
     /// Not enough funds in the wallet or the channel.
-    #[error("insufficient_funds")]
     InsufficientFunds,
     /// The receiver does not put up the deposit asked of it.
-    #[error("deposit_refused")]
     DepositRefused,
     /// The receiver holds too many channels.
-    #[error("too_many_channels")]
     TooManyChannels,
 }
 
@@ -220,6 +192,14 @@ impl ChannelError {
     }
 }
 
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -291,14 +271,16 @@ impl Side {
         }
     }
 
-    fn to_pb(self) -> i32 {
+    /// The protobuf value.
+    pub fn to_pb(self) -> i32 {
         match self {
             Self::A => pb::Side::A as i32,
             Self::B => pb::Side::B as i32,
         }
     }
 
-    fn from_pb(v: i32) -> Result<Self, ChannelError> {
+    /// From the protobuf value.
+    pub fn from_pb(v: i32) -> Result<Self, ChannelError> {
         match pb::Side::try_from(v) {
             Ok(pb::Side::A) => Ok(Self::A),
             Ok(pb::Side::B) => Ok(Self::B),

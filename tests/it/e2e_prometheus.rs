@@ -268,6 +268,20 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
         .expect("rules.yml has PaymentChannelLeaks");
     let value = query(&client, &base, &leak).await.unwrap_or_default();
     assert_eq!(value.len(), 1, "{leak} -> {value:?}");
+    // And both of its sides have data of their own (`or vector(0)` would hide a misspelled
+    // metric): channels were opened for the tasks, and one was settled through the CLI.
+    let sides: Vec<String> = leak
+        .match_indices("sum(rate(")
+        .map(|(i, _)| {
+            let end = i + leak[i..].find("]))").expect("a sum(rate(...[w])) term") + 3;
+            leak[i..end].to_owned()
+        })
+        .collect();
+    assert_eq!(sides.len(), 2, "{sides:?}");
+    for side in &sides {
+        let result = query(&client, &base, side).await.unwrap_or_default();
+        assert_eq!(result.len(), 1, "{side} returns data");
+    }
 
     // The alert and recording rules loaded, and each evaluates without error.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -67,7 +67,6 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "clock",
             "content",
             "content_id",
-            "identity",
             "ledger",
             "metrics",
             "p2p",

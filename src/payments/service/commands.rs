@@ -34,14 +34,17 @@ impl PaymentsActor {
                 peer,
                 deposit,
                 their_deposit,
+                opened,
                 reply,
             } => match self.open(peer, deposit, their_deposit) {
-                Ok(id) => self
-                    .channels
-                    .get_mut(&id)
-                    .expect("just opened")
-                    .waiting
-                    .push(Waiter::View(reply)),
+                Ok(id) => {
+                    let _ = opened.send(id);
+                    self.channels
+                        .get_mut(&id)
+                        .expect("just opened")
+                        .waiting
+                        .push(Waiter::View(reply));
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -53,7 +56,12 @@ impl PaymentsActor {
                 id,
                 unilateral: false,
                 reply,
-            } => self.enqueue(id, Op::Close, vec![Waiter::View(reply)]),
+            } => {
+                if let Some(e) = self.channels.get_mut(&id) {
+                    e.close_requested.get_or_insert_with(Instant::now);
+                }
+                self.enqueue(id, Op::Close, vec![Waiter::View(reply)]);
+            }
             Command::Close {
                 id,
                 unilateral: true,
@@ -292,7 +300,6 @@ impl PaymentsActor {
                 Ok(_) => {
                     e.waiting = waiters;
                     e.proposed_at = Instant::now();
-                    e.attempts = 0;
                     e.retry_at = None;
                     self.dirty.push(id);
                     self.after.push(After::Send(id));

@@ -18,6 +18,7 @@ impl PaymentsService {
     /// Waits for a countersigned state, at most the configured ack timeout.
     async fn ask_acked<T>(
         &self,
+        channel: Option<ChannelId>,
         make: impl FnOnce(oneshot::Sender<Result<T, PaymentsError>>) -> Command,
     ) -> Result<T, PaymentsError> {
         let (tx, rx) = oneshot::channel();
@@ -26,7 +27,7 @@ impl PaymentsService {
             .await
             .map_err(|_| PaymentsError::Stopped)?;
         match tokio::time::timeout(self.ack_timeout, rx).await {
-            Err(_) => Err(PaymentsError::Pending),
+            Err(_) => Err(PaymentsError::Pending(channel)),
             Ok(Err(_)) => Err(PaymentsError::Stopped),
             Ok(Ok(result)) => result,
         }
@@ -59,18 +60,30 @@ impl PaymentsService {
         deposit: u64,
         their_deposit: u64,
     ) -> Result<ChannelView, PaymentsError> {
-        self.ask_acked(|reply| Command::Open {
-            peer,
-            deposit,
-            their_deposit,
-            reply,
-        })
-        .await
+        let (opened, id) = oneshot::channel();
+        let (reply, acked) = oneshot::channel();
+        self.commands
+            .send(Command::Open {
+                peer,
+                deposit,
+                their_deposit,
+                opened,
+                reply,
+            })
+            .await
+            .map_err(|_| PaymentsError::Stopped)?;
+        // The id comes at once (none if the open was refused here: the reply says why).
+        let id = id.await.ok();
+        match tokio::time::timeout(self.ack_timeout, acked).await {
+            Err(_) => Err(PaymentsError::Pending(id)),
+            Ok(Err(_)) => Err(PaymentsError::Stopped),
+            Ok(Ok(result)) => result,
+        }
     }
 
     /// Pays `amount` to the channel's other party; returns once the peer countersigned.
     pub async fn pay(&self, id: ChannelId, amount: u64) -> Result<ChannelView, PaymentsError> {
-        self.ask_acked(|reply| Command::Pay { id, amount, reply })
+        self.ask_acked(Some(id), |reply| Command::Pay { id, amount, reply })
             .await
     }
 
@@ -81,7 +94,7 @@ impl PaymentsService {
         id: ChannelId,
         unilateral: bool,
     ) -> Result<ChannelView, PaymentsError> {
-        self.ask_acked(|reply| Command::Close {
+        self.ask_acked(Some(id), |reply| Command::Close {
             id,
             unilateral,
             reply,
@@ -99,7 +112,7 @@ impl PaymentsService {
         expires_at_ms: u64,
         kind: &'static str,
     ) -> Result<(), PaymentsError> {
-        self.ask_acked(|reply| Command::Lock {
+        self.ask_acked(None, |reply| Command::Lock {
             peer,
             escrow,
             amount,

@@ -75,6 +75,7 @@ enum Command {
         peer: PeerId,
         deposit: u64,
         their_deposit: u64,
+        opened: oneshot::Sender<ChannelId>,
         reply: ViewReply,
     },
     Pay {
@@ -144,7 +145,6 @@ struct Entry {
     waiting: Vec<Waiter>,
     in_flight: bool,
     retry_at: Option<Instant>,
-    attempts: u32,
     proposed_at: Instant,
     last_heard: Instant,
     close_requested: Option<Instant>,
@@ -164,7 +164,6 @@ impl Entry {
             waiting: Vec::new(),
             in_flight: false,
             retry_at: Some(Instant::now()),
-            attempts: 0,
             proposed_at: Instant::now(),
             last_heard: Instant::now(),
             close_requested: None,
@@ -182,6 +181,18 @@ impl Entry {
         let base = 20u64 << self.stalls.min(8);
         let jitter = rand::thread_rng().gen_range(0..=base / 2);
         Duration::from_millis((base + jitter).min(5_000))
+    }
+
+    /// Answers every caller waiting on this channel, queued or pending, with `error`.
+    fn fail_all(&mut self, error: &PaymentsError) {
+        for w in self.waiting.drain(..) {
+            w.fail(error.clone());
+        }
+        for q in self.queue.drain(..) {
+            for w in q.waiters {
+                w.fail(error.clone());
+            }
+        }
     }
 
     /// Whether `escrow` is to be released: decided (a persisted intent) or queued.

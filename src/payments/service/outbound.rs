@@ -14,7 +14,6 @@ impl PaymentsActor {
             return;
         }
         e.in_flight = true;
-        e.attempts += 1;
         let number = p.state.number;
         let frame = if e.channel.status == Status::Opening {
             Request::Open(p.clone())
@@ -178,14 +177,7 @@ impl PaymentsActor {
         self.wallet.available = self.wallet.available.saturating_add(deposit);
         self.wallet_dirty = true;
         self.metrics.forget(id);
-        for w in e.waiting.drain(..) {
-            w.fail(PaymentsError::Refused(why.to_owned()));
-        }
-        for q in e.queue.drain(..) {
-            for w in q.waiters {
-                w.fail(PaymentsError::Refused(why.to_owned()));
-            }
-        }
+        e.fail_all(&PaymentsError::Refused(why.to_owned()));
         self.touch(id);
     }
 
@@ -289,19 +281,13 @@ impl PaymentsActor {
                 self.metrics.escrow_refunded("settled");
             }
         }
-        for w in e.waiting.drain(..) {
-            w.fail(ChannelError::Settled.into());
-        }
-        for q in e.queue.drain(..) {
-            for w in q.waiters {
-                w.fail(ChannelError::Settled.into());
-            }
-        }
+        e.fail_all(&ChannelError::Settled.into());
         e.channel.pending = None;
         let lifetime = at_ms.saturating_sub(e.channel.opened_at_ms) as f64 / 1000.0;
+        // From the close request; a final state or close from the peer settles at once.
         let since_close = e
             .close_requested
-            .map_or(e.proposed_at.elapsed(), |t| t.elapsed())
+            .map_or(Duration::ZERO, |t| t.elapsed())
             .as_secs_f64();
         let state = &e.channel.latest.state;
         let settlement = serde_json::json!({

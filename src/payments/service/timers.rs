@@ -32,17 +32,18 @@ impl PaymentsActor {
                 self.abandon_open(id, "the peer did not answer the open");
                 continue;
             }
-            let waiting_on_peer = e.channel.pending.is_some()
-                || e.channel
-                    .latest
-                    .state
-                    .locks
-                    .iter()
-                    .any(|l| l.payer == e.channel.local && l.expires_at_ms <= now_ms);
-            if waiting_on_peer
-                && e.channel.status == Status::Open
-                && now.duration_since(e.last_heard) >= vanished
-            {
+            // Vanished: no progress from the peer for `vanished_close_secs`, counted from when
+            // we started waiting on it (a proposal made, one of our locks expired), not from
+            // its last progress: a channel idle for a while is not closed by its next payment.
+            let vanished_ms = vanished.as_millis() as u64;
+            let proposal_unanswered = e.channel.pending.is_some()
+                && now.duration_since(e.last_heard.max(e.proposed_at)) >= vanished;
+            let refund_unanswered = now.duration_since(e.last_heard) >= vanished
+                && e.channel.latest.state.locks.iter().any(|l| {
+                    l.payer == e.channel.local
+                        && l.expires_at_ms.saturating_add(vanished_ms) <= now_ms
+                });
+            if (proposal_unanswered || refund_unanswered) && e.channel.status == Status::Open {
                 tracing::warn!(channel = %id, peer = %e.channel.peer(), "peer vanished: closing unilaterally");
                 let _ = self.close_unilaterally(id);
                 continue;
