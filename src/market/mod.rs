@@ -101,6 +101,15 @@ impl Default for ProviderConfig {
 pub const KINDS: [&str; 2] = ["pow", "matmul"];
 
 impl MarketConfig {
+    /// How long a task's escrow stays locked: the award, the execution (`execution_ms`, the
+    /// announcement's), the verification, and a margin for clock skew.
+    pub fn escrow_ttl_ms(&self, execution_ms: u32) -> u64 {
+        self.award_timeout_ms
+            .saturating_add(u64::from(execution_ms))
+            .saturating_add(self.verify_timeout_ms)
+            .saturating_add(service::ESCROW_SLACK_MS)
+    }
+
     /// Checks the ranges; the message names the key and the allowed values.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.bid_window_ms == 0 || self.bid_window_ms > wire::MAX_BID_WINDOW_MS {
@@ -123,11 +132,7 @@ impl MarketConfig {
             return Err(("market.default_max_price", "must be 1..=2^48".into()));
         }
         // A task's escrow stays locked for all of its time limits; a lock may last a day.
-        let escrow_ms = self
-            .award_timeout_ms
-            .saturating_add(u64::from(self.execution_timeout_ms))
-            .saturating_add(self.verify_timeout_ms)
-            .saturating_add(service::ESCROW_SLACK_MS);
+        let escrow_ms = self.escrow_ttl_ms(self.execution_timeout_ms);
         if escrow_ms > crate::payments::wire::MAX_LOCK_TTL_MS {
             return Err((
                 "market.verify_timeout_ms",

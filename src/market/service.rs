@@ -1223,11 +1223,7 @@ impl MarketActor {
         let escrow = escrow_id(&self.local, auction);
         let price = selection.price;
         let kind = announcement.task.kind();
-        let expires_at_ms = now_ms()
-            + self.config.award_timeout_ms
-            + u64::from(announcement.execution_timeout_ms)
-            + self.config.verify_timeout_ms
-            + ESCROW_SLACK_MS;
+        let expires_at_ms = now_ms() + self.config.escrow_ttl_ms(announcement.execution_timeout_ms);
         self.jobs.spawn(async move {
             // Locking and delivering share the award's time limit, so the result deadline
             // (award + execution time) leaves the winner its whole execution time.

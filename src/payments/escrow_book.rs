@@ -24,13 +24,20 @@ pub struct Escrowed {
 /// another payer in another channel). Shared by the payments actor, which writes it, and
 /// the market, which reads it.
 #[derive(Debug, Clone, Default)]
-pub struct EscrowBook(Arc<Mutex<HashMap<(PeerId, EscrowId), Escrowed>>>);
+pub struct EscrowBook(Arc<Mutex<Book>>);
+
+#[derive(Debug, Default)]
+struct Book {
+    locks: HashMap<(PeerId, EscrowId), Escrowed>,
+    /// The keys each channel put in, so a channel's update touches only its own.
+    by_channel: HashMap<ChannelId, Vec<(PeerId, EscrowId)>>,
+}
 
 impl EscrowBook {
     /// What `payer` locked for us under `escrow`, if it did, in an open channel.
     pub fn locked(&self, payer: &PeerId, escrow: &EscrowId) -> Option<Escrowed> {
         let book = self.0.lock().expect("escrow book poisoned");
-        book.get(&(*payer, *escrow)).copied()
+        book.locks.get(&(*payer, *escrow)).copied()
     }
 
     /// Mirrors `channel`'s locks held for us; a channel that is not open holds none we could
@@ -39,21 +46,32 @@ impl EscrowBook {
         let id = channel.id();
         let peer = channel.peer();
         let mut book = self.0.lock().expect("escrow book poisoned");
-        book.retain(|_, e| e.channel != id);
+        let Book { locks, by_channel } = &mut *book;
+        for key in by_channel.remove(&id).unwrap_or_default() {
+            if locks.get(&key).is_some_and(|e| e.channel == id) {
+                locks.remove(&key);
+            }
+        }
         if channel.status != Status::Open {
             return;
         }
+        let mut keys = Vec::new();
         for lock in &channel.latest.state.locks {
             if lock.payer != channel.local {
-                book.insert(
-                    (peer, lock.escrow_id),
+                let key = (peer, lock.escrow_id);
+                locks.insert(
+                    key,
                     Escrowed {
                         amount: lock.amount,
                         expires_at_ms: lock.expires_at_ms,
                         channel: id,
                     },
                 );
+                keys.push(key);
             }
+        }
+        if !keys.is_empty() {
+            by_channel.insert(id, keys);
         }
     }
 }

@@ -306,6 +306,9 @@ impl PaymentsActor {
                     return;
                 }
                 Err(err) => {
+                    if let Op::Lock { escrow_id, .. } = &op {
+                        e.kinds.remove(escrow_id);
+                    }
                     if let Op::Release(x) = &op {
                         // Nothing left to release (refunded or settled): drop the intent.
                         e.channel.release_intents.retain(|r| r != x);

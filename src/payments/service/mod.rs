@@ -291,6 +291,8 @@ pub struct PaymentsActor {
     known: HashSet<ChannelId>,
     dirty: Vec<ChannelId>,
     wallet_dirty: bool,
+    /// A channel settled in this batch (settled ones beyond the kept number leave memory).
+    settled_any: bool,
     settlements: Vec<(ChannelId, Vec<u8>)>,
     after: Vec<After>,
 }
@@ -358,6 +360,7 @@ impl PaymentsService {
             known,
             dirty: Vec::new(),
             wallet_dirty,
+            settled_any: false,
             settlements: Vec::new(),
             after: Vec::new(),
         };
@@ -490,7 +493,9 @@ impl PaymentsActor {
                 return Err(e);
             }
         }
-        self.prune_settled();
+        if std::mem::take(&mut self.settled_any) {
+            self.prune_settled();
+        }
         for a in std::mem::take(&mut self.after) {
             match a {
                 After::Respond(reply, bytes) => {

@@ -129,6 +129,9 @@ impl PaymentsActor {
                     }
                     op => {
                         tracing::info!(channel = %id, reason, "peer refused our proposal");
+                        if let Some(Op::Lock { escrow_id, .. }) = &op {
+                            e.kinds.remove(escrow_id);
+                        }
                         if matches!(op, Some(Op::Pay(_) | Op::Release(_))) {
                             self.metrics.payment_rejected();
                         }
@@ -302,6 +305,7 @@ impl PaymentsActor {
             .push((id, serde_json::to_vec(&settlement).expect("json")));
         self.metrics.settled(id, how.label(), lifetime, since_close);
         self.metrics.channel("closed", by_us);
+        self.settled_any = true;
         tracing::info!(channel = %id, how = how.label(), payout, "channel settled");
         self.touch(id);
     }
