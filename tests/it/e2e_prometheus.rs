@@ -235,6 +235,71 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
     let wallet = cli(&["wallet"]);
     assert!(wallet["available"].as_u64().unwrap() > 0, "{wallet}");
 
+    // The tasks were paid through channels: on every node, what left its channels (deposits
+    // less balances less its locks still held) is what it paid for its verified tasks less
+    // what it earned executing others' (a node pays a provider from whichever channel with
+    // it holds enough, its own or the provider's).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let clients: Vec<_> = (1..=5)
+        .map(|i| {
+            let dir = devnet_dir.join(format!("node-{i}"));
+            let info: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("node.json")).unwrap()).unwrap();
+            let peer = info["peer_id"].as_str().unwrap().to_owned();
+            (
+                peer,
+                zerostate::client::Client::from_data_dir(&dir, None).unwrap(),
+            )
+        })
+        .collect();
+    loop {
+        // (requester index, task) of every verified task.
+        let mut verified = Vec::new();
+        for (i, (_, client)) in clients.iter().enumerate() {
+            let tasks = client.tasks(0, 500).await.unwrap().tasks;
+            verified.extend(
+                tasks
+                    .into_iter()
+                    .filter(|t| t.status == "success")
+                    .map(|t| (i, t)),
+            );
+        }
+        let mut mismatched = Vec::new();
+        for (i, (peer, client)) in clients.iter().enumerate() {
+            let paid: u64 = verified
+                .iter()
+                .filter(|(r, _)| *r == i)
+                .filter_map(|(_, t)| t.price)
+                .sum();
+            let earned: u64 = verified
+                .iter()
+                .filter(|(_, t)| t.winner.as_deref() == Some(peer.as_str()))
+                .filter_map(|(_, t)| t.price)
+                .sum();
+            let channels = client.channels(0, 500).await.unwrap().channels;
+            let out: i128 = channels
+                .iter()
+                .map(|c| {
+                    let locked: u64 = c.locks.iter().filter(|l| l.ours).map(|l| l.amount).sum();
+                    i128::from(c.deposit) - i128::from(c.balance) - i128::from(locked)
+                })
+                .sum();
+            if out != i128::from(paid) - i128::from(earned) {
+                mismatched.push(format!(
+                    "node-{}: out {out}, paid {paid}, earned {earned}",
+                    i + 1
+                ));
+            }
+        }
+        let total: u64 = verified.iter().filter_map(|(_, t)| t.price).sum();
+        if mismatched.is_empty() {
+            assert!(total > 0, "the tasks were paid through channels");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{mismatched:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // Every economic query of docs/METRICS.md returns data.
     let queries = economic_queries();
     assert!(queries.len() >= 15, "{queries:?}");
