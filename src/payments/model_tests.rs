@@ -730,38 +730,10 @@ proptest! {
 #[test]
 fn a_stale_close_loses_its_dispute_and_convicts_the_closer() {
     let mut sim = Sim::new();
-    sim.step(
-        &Action::Open {
-            from: 0,
-            to: 1,
-            deposit: 100,
-        },
-        Fault::None,
-    );
-    sim.step(
-        &Action::Pay {
-            ch: 0,
-            side: true,
-            amount: 10,
-        },
-        Fault::None,
-    );
-    sim.step(
-        &Action::Pay {
-            ch: 0,
-            side: true,
-            amount: 10,
-        },
-        Fault::None,
-    );
-    sim.step(
-        &Action::Unilateral {
-            ch: 0,
-            side: true,
-            stale: true,
-        },
-        Fault::None,
-    );
+    sim.open(0, 1, 100, Fault::None);
+    sim.propose(0, true, Op::Pay(10), Fault::None);
+    sim.propose(0, true, Op::Pay(10), Fault::None);
+    sim.unilateral(0, true, true);
     sim.check();
     let id = sim.channels[0].0;
     let b = &sim.parties[1].memory[&id];
@@ -778,15 +750,8 @@ fn a_stale_close_loses_its_dispute_and_convicts_the_closer() {
 #[test]
 fn nothing_changes_after_settlement() {
     let mut sim = Sim::new();
-    sim.step(
-        &Action::Open {
-            from: 0,
-            to: 1,
-            deposit: 100,
-        },
-        Fault::None,
-    );
-    sim.step(&Action::Close { ch: 0, side: false }, Fault::None);
+    sim.open(0, 1, 100, Fault::None);
+    sim.propose(0, false, Op::Close, Fault::None);
     let id = sim.channels[0].0;
     let keys: Vec<Keypair> = sim.parties.iter().map(|p| p.key.clone()).collect();
     let stale = {
@@ -883,22 +848,8 @@ fn generated_sequences_exercise_every_operation() {
 #[test]
 fn an_honest_close_after_a_lost_answer_is_disputed_but_not_convicted() {
     let mut sim = Sim::new();
-    sim.step(
-        &Action::Open {
-            from: 0,
-            to: 1,
-            deposit: 100,
-        },
-        Fault::None,
-    );
-    sim.step(
-        &Action::Pay {
-            ch: 0,
-            side: true,
-            amount: 10,
-        },
-        Fault::DropResponse,
-    );
+    sim.open(0, 1, 100, Fault::None);
+    sim.propose(0, true, Op::Pay(10), Fault::DropResponse);
     let id = sim.channels[0].0;
     let key = sim.parties[0].key.clone();
     let a = sim.parties[0].memory.get_mut(&id).unwrap();
@@ -929,31 +880,14 @@ fn an_honest_close_after_a_lost_answer_is_disputed_but_not_convicted() {
 #[test]
 fn channel_records_round_trip() {
     let mut sim = Sim::new();
-    sim.step(
-        &Action::Open {
-            from: 0,
-            to: 1,
-            deposit: 100,
-        },
-        Fault::None,
-    );
-    sim.step(
-        &Action::Lock {
-            ch: 0,
-            side: true,
-            amount: 10,
-            ttl: 5,
-        },
-        Fault::None,
-    );
-    sim.step(
-        &Action::Pay {
-            ch: 0,
-            side: true,
-            amount: 10,
-        },
-        Fault::DropResponse,
-    );
+    sim.open(0, 1, 100, Fault::None);
+    let lock = Op::Lock {
+        escrow_id: EscrowId([9; 32]),
+        amount: 10,
+        expires_at_ms: sim.now + 5,
+    };
+    sim.propose(0, true, lock, Fault::None);
+    sim.propose(0, true, Op::Pay(10), Fault::DropResponse);
     let id = sim.channels[0].0;
     let a = sim.parties[0].memory.get_mut(&id).unwrap();
     a.release_intents.push(EscrowId([1; 32]));

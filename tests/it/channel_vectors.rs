@@ -16,6 +16,8 @@ use zerostate::payments::wire::{
     SignedClose, SignedState, State, sign_state, verify_state,
 };
 
+use crate::vectors::{Key, key};
+
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/channel.json");
 /// The time the fixture is evaluated at (Unix ms).
 const NOW_MS: u64 = 1_700_000_000_000;
@@ -33,14 +35,6 @@ struct Vectors {
     open_request_hex: String,
     countersig_response_hex: String,
     invalid: Vec<Invalid>,
-}
-
-#[derive(Serialize, Deserialize, PartialEq, Debug)]
-struct Key {
-    name: String,
-    /// The 32-byte Ed25519 secret key.
-    seed_hex: String,
-    peer_id: String,
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -64,10 +58,6 @@ struct Invalid {
     state_hex: String,
     sig_hex: String,
     refusal: String,
-}
-
-fn key(seed: u8) -> Keypair {
-    Keypair::ed25519_from_bytes([seed; 32]).unwrap()
 }
 
 struct Fixture {

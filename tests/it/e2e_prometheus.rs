@@ -63,6 +63,17 @@ async fn query(client: &reqwest::Client, base: &str, q: &str) -> Option<Vec<serd
     body["data"]["result"].as_array().cloned()
 }
 
+/// Runs `zerostate ARGS --data-dir DIR` against a devnet node, with its own token.
+fn node_cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zerostate"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("ZEROSTATE_API_TOKEN")
+        .output()
+        .unwrap()
+}
+
 /// The operator queries of docs/METRICS.md about the economy: auctions, bids, tasks,
 /// reputation, channels, payments, settlements and escrow.
 fn economic_queries() -> Vec<String> {
@@ -173,8 +184,9 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
     assert!(out.contains("summary: submitted="), "{out}");
     // And a task nobody bids on (its maximum price is below every provider's price): the
     // error families move because a task really failed.
-    let submit = Command::new(env!("CARGO_BIN_EXE_zerostate"))
-        .args([
+    let submit = node_cli(
+        &devnet_dir.join("node-1"),
+        &[
             "task",
             "submit",
             "--kind",
@@ -183,12 +195,8 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
             "4",
             "--max-price",
             "1",
-        ])
-        .arg("--data-dir")
-        .arg(devnet_dir.join("node-1"))
-        .env_remove("ZEROSTATE_API_TOKEN")
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         submit.status.success(),
         "{}",
@@ -198,13 +206,7 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
     // The tasks were paid through channels: a channel closed through the CLI settles, so
     // every payment family has moved for a real reason.
     let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_zerostate"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(devnet_dir.join("node-1"))
-            .env_remove("ZEROSTATE_API_TOKEN")
-            .output()
-            .unwrap();
+        let out = node_cli(&devnet_dir.join("node-1"), args);
         assert!(
             out.status.success(),
             "zerostate {args:?}: {}",

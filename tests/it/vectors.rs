@@ -24,12 +24,13 @@ struct Vectors {
     invalid: Vec<Invalid>,
 }
 
+/// A fixed key of the vectors (also those of the channel vectors).
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
-struct Key {
-    name: String,
+pub(crate) struct Key {
+    pub(crate) name: String,
     /// The 32-byte Ed25519 secret key.
-    seed_hex: String,
-    peer_id: String,
+    pub(crate) seed_hex: String,
+    pub(crate) peer_id: String,
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -53,7 +54,8 @@ struct Invalid {
     refusal: String,
 }
 
-fn key(seed: u8) -> Keypair {
+/// The Ed25519 key whose secret is 32 bytes of `seed`.
+pub(crate) fn key(seed: u8) -> Keypair {
     Keypair::ed25519_from_bytes([seed; 32]).unwrap()
 }
 

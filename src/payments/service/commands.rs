@@ -67,7 +67,7 @@ impl PaymentsActor {
                 unilateral: true,
                 reply,
             } => match self.close_unilaterally(id) {
-                Ok(()) => self.after.push(After::View(reply, id)),
+                Ok(()) => self.after.push(After::Answer(Waiter::View(reply), id)),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }

@@ -121,6 +121,21 @@ enum Waiter {
 }
 
 impl Waiter {
+    /// The change it waited for is durable: the channel as it is now, or done.
+    fn succeed(self, channel: Option<&Channel>) {
+        match self {
+            Self::View(r) => {
+                let view = channel
+                    .map(ChannelView::from)
+                    .ok_or(PaymentsError::UnknownChannel);
+                let _ = r.send(view);
+            }
+            Self::Lock(r) => {
+                let _ = r.send(Ok(()));
+            }
+        }
+    }
+
     fn fail(self, e: PaymentsError) {
         match self {
             Self::View(r) => {
@@ -265,8 +280,8 @@ enum After {
     SendClose(ChannelId),
     Publish(Vec<u8>),
     Convict(PeerId),
-    View(ViewReply, ChannelId),
-    Lock(LockReply),
+    /// Answer a caller whose change to the channel is now durable.
+    Answer(Waiter, ChannelId),
 }
 
 /// The payments actor. Create with [`PaymentsService::new`], run with [`PaymentsActor::run`].
@@ -480,14 +495,8 @@ impl PaymentsActor {
             if let Err(e) = self.ledger.commit(writes).await {
                 tracing::error!(error = %e, "cannot persist channel states; stopping payments");
                 for a in self.after.drain(..) {
-                    match a {
-                        After::View(r, _) => {
-                            let _ = r.send(Err(PaymentsError::Ledger(e.clone())));
-                        }
-                        After::Lock(r) => {
-                            let _ = r.send(Err(PaymentsError::Ledger(e.clone())));
-                        }
-                        _ => {}
+                    if let After::Answer(w, _) = a {
+                        w.fail(PaymentsError::Ledger(e.clone()));
                     }
                 }
                 return Err(e);
@@ -515,16 +524,8 @@ impl PaymentsActor {
                 After::Convict(peer) => {
                     let _ = self.convictions.try_send(peer);
                 }
-                After::View(reply, id) => {
-                    let view = self
-                        .channels
-                        .get(&id)
-                        .map(|e| ChannelView::from(&e.channel))
-                        .ok_or(PaymentsError::UnknownChannel);
-                    let _ = reply.send(view);
-                }
-                After::Lock(reply) => {
-                    let _ = reply.send(Ok(()));
+                After::Answer(waiter, id) => {
+                    waiter.succeed(self.channels.get(&id).map(|e| &e.channel));
                 }
             }
         }

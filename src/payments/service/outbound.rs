@@ -96,10 +96,7 @@ impl PaymentsActor {
                         Some(op) => self.on_applied(id, &op, true, took, &prev),
                     }
                     for w in waiters {
-                        self.after.push(match w {
-                            Waiter::View(r) => After::View(r, id),
-                            Waiter::Lock(r) => After::Lock(r),
-                        });
+                        self.after.push(After::Answer(w, id));
                     }
                     self.touch(id);
                     self.pump(id);
