@@ -17,7 +17,7 @@ const SIZE: usize = 1024 * 1024;
 
 fn config(dir: &std::path::Path, bootstrap: Vec<libp2p::Multiaddr>) -> Config {
     let mut c = support::config(dir, bootstrap);
-    c.log = "error".into();
+    c.log.filter = "error".into();
     c.content.max_object_bytes = 2 * SIZE as u64;
     c
 }

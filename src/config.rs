@@ -13,12 +13,44 @@ use std::path::{Path, PathBuf};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
+use crate::p2p::announce::MetricsUrl;
+
 pub use crate::content::{CacheConfig, ContentConfig, VerifyOnRead};
 pub use crate::http::ApiConfig;
 pub use crate::market::{MarketConfig, ProviderConfig, ReputationConfig};
 pub use crate::metrics::MetricsConfig;
 pub use crate::p2p::{DiscoveryConfig, LimitsConfig, MonitorConfig, P2pConfig};
 pub use crate::payments::PaymentsConfig;
+
+/// Logging (`[log]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `zerostate=debug,libp2p=info`. The
+    /// `RUST_LOG` environment variable, when set, replaces it.
+    pub filter: String,
+    /// `text`: human-readable lines; `json`: one JSON object per line.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
 
 /// Prefix of every environment variable that sets a config key.
 pub const ENV_PREFIX: &str = "ZEROSTATE_";
@@ -42,8 +74,8 @@ pub struct Config {
     /// Accept private, loopback and link-local addresses that peers announce (a local devnet
     /// needs this; on a public network leave it off).
     pub allow_private_addrs: bool,
-    /// `tracing` filter directive, e.g. `info` or `zerostate=debug,libp2p=info`.
-    pub log: String,
+    /// Logging: filter and format.
+    pub log: LogConfig,
     /// Connection limits of the swarm.
     pub limits: LimitsConfig,
     /// Peer discovery: bootstrap redial and Kademlia walks.
@@ -78,7 +110,7 @@ impl Default for Config {
             data_dir: PathBuf::from("zerostate-data"),
             api_token: String::new(),
             allow_private_addrs: false,
-            log: "info".into(),
+            log: LogConfig::default(),
             limits: LimitsConfig::default(),
             discovery: DiscoveryConfig::default(),
             api: ApiConfig::default(),
@@ -498,10 +530,43 @@ impl Config {
         self.payments
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return Err(invalid("log", format!("not a tracing filter: {e}")));
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(invalid("log.filter", format!("not a tracing filter: {e}")));
+        }
+        if !(1..=10_000).contains(&self.metrics.max_sd_targets) {
+            return Err(invalid(
+                "metrics.max_sd_targets",
+                format!(
+                    "{} is out of range: use a value from 1 to 10000",
+                    self.metrics.max_sd_targets
+                ),
+            ));
+        }
+        if !self.metrics.announce_url.is_empty() {
+            MetricsUrl::parse_own(&self.metrics.announce_url, self.allow_private_addrs).map_err(
+                |e| {
+                    invalid(
+                        "metrics.announce_url",
+                        format!(
+                            "`{}`: {e}; give the http://<ip>:<port>/metrics address peers' Prometheus can reach, e.g. http://203.0.113.5:9464/metrics (port 0: the port `http` binds)",
+                            self.metrics.announce_url
+                        ),
+                    )
+                },
+            )?;
         }
         Ok(())
+    }
+
+    /// The metrics endpoint to announce (`metrics.announce_url`), its port 0 replaced by
+    /// `http_port`. Valid after [`Config::validate`].
+    pub fn metrics_announce(&self, http_port: u16) -> Option<MetricsUrl> {
+        if self.metrics.announce_url.is_empty() {
+            return None;
+        }
+        MetricsUrl::parse_own(&self.metrics.announce_url, self.allow_private_addrs)
+            .ok()
+            .map(|url| url.with_bound_port(http_port))
     }
 
     /// The bootstrap peers as (peer id, address) pairs. Valid after [`Config::validate`].
@@ -524,6 +589,7 @@ impl Config {
             max_content_bytes: self.content.max_object_bytes,
             max_buffered_content_bytes: self.content.max_buffered_bytes,
             max_provided_keys: self.cache.max_entries,
+            metrics_announce: None,
         }
     }
 

@@ -53,6 +53,23 @@ impl Health {
     }
 }
 
+/// Whether the node is ready to serve: listening on a p2p address and, when bootstrap peers
+/// are configured, connected to a peer. `Err` says what is missing. `GET /ready` answers with
+/// it, and `zerostate_node_ready` follows it.
+pub fn readiness(
+    listening: bool,
+    connected_peers: usize,
+    bootstrap_configured: bool,
+) -> Result<(), &'static str> {
+    if !listening {
+        Err("not listening on any p2p address yet")
+    } else if bootstrap_configured && connected_peers == 0 {
+        Err("bootstrap peers are configured but no peer is connected yet")
+    } else {
+        Ok(())
+    }
+}
+
 /// Runs `task` (named `name`) on its own tokio task and watches it: if it returns before
 /// `cancel` fires, or panics, `health` fails and `cancel` fires so the rest of the node stops.
 pub async fn supervise<F>(name: &'static str, task: F, health: Health, cancel: CancellationToken)

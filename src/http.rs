@@ -33,9 +33,10 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::content::{ContentError, ContentService};
 use crate::content_id::ContentId;
-use crate::health::Health;
+use crate::health::{Health, readiness};
 use crate::market::{MarketError, MarketService, TaskRequest};
 use crate::metrics::{self, ReasonLabels};
+use crate::p2p::announce::MetricsUrl;
 use crate::p2p::{HandleError, P2pHandle};
 use crate::payments::wire::ChannelId;
 use crate::payments::{PaymentsError, PaymentsService};
@@ -127,6 +128,16 @@ pub struct ApiState {
     token_hint: Arc<str>,
     allowed_hosts: Arc<[String]>,
     health: Health,
+    sd: Option<Arc<ServiceDiscovery>>,
+}
+
+/// What `GET /api/v1/sd` lists besides the peers' announcements.
+#[derive(Debug)]
+struct ServiceDiscovery {
+    /// This node's metrics endpoint: the announced one, or the HTTP server's.
+    own: MetricsUrl,
+    /// Most targets listed.
+    max_targets: usize,
 }
 
 impl ApiState {
@@ -152,7 +163,15 @@ impl ApiState {
             token_hint: token_hint.into(),
             allowed_hosts: Arc::from([]),
             health,
+            sd: None,
         }
+    }
+
+    /// What `GET /api/v1/sd` lists: `own` (this node's metrics endpoint) first, then the
+    /// endpoints its peers announced, at most `max_targets` in all.
+    pub fn with_service_discovery(mut self, own: MetricsUrl, max_targets: usize) -> Self {
+        self.sd = Some(Arc::new(ServiceDiscovery { own, max_targets }));
+        self
     }
 
     /// Host names accepted in `Host` besides `localhost` and IP literals (`"*"`: any).
@@ -211,12 +230,12 @@ impl From<JsonRejection> for ApiError {
 /// `api.max_body_bytes`; content upload: `max_object_bytes`) and the request timeout.
 pub fn router(state: ApiState, config: &ApiConfig, max_object_bytes: u64) -> Router<()> {
     let auth = || middleware::from_fn_with_state(state.clone(), require_token);
-    let json = Router::new()
-        .route("/metrics", get(metrics_handler))
+    let json = metrics_router(state.registry.clone())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/api/v1/node", get(node_info))
         .route("/api/v1/peers", get(peers))
+        .route("/api/v1/sd", get(service_discovery))
         .route("/api/v1/tasks", get(list_tasks))
         .route("/api/v1/tasks/{id}", get(show_task))
         .route("/api/v1/reputation", get(reputation))
@@ -307,8 +326,15 @@ async fn unauthorized(state: &ApiState) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, message)
 }
 
-async fn metrics_handler(State(state): State<ApiState>) -> Response {
-    match metrics::encode(&state.registry) {
+/// `GET /metrics`: `registry` as OpenMetrics text. The node's [`router`] includes it.
+pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Router<S> {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(registry)
+}
+
+async fn metrics_handler(State(registry): State<Arc<Registry>>) -> Response {
+    match metrics::encode(&registry) {
         Ok(body) => (
             [(header::CONTENT_TYPE, metrics::OPENMETRICS_CONTENT_TYPE)],
             body,
@@ -334,20 +360,17 @@ async fn health(State(state): State<ApiState>) -> Response {
 /// Readiness: listening, and connected to a peer when bootstrap peers are configured.
 async fn ready(State(state): State<ApiState>) -> Response {
     let status = state.p2p.status();
-    let reason = if status.listen_addrs.is_empty() {
-        Some("not listening on any p2p address yet")
-    } else if state.bootstrap_configured && status.connected_peers == 0 {
-        Some("bootstrap peers are configured but no peer is connected yet")
-    } else {
-        None
-    };
-    match reason {
-        None => (
+    match readiness(
+        !status.listen_addrs.is_empty(),
+        status.connected_peers,
+        state.bootstrap_configured,
+    ) {
+        Ok(()) => (
             StatusCode::OK,
             Json(json!({ "ready": true, "connected_peers": status.connected_peers })),
         )
             .into_response(),
-        Some(reason) => (
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "ready": false, "reason": reason })),
         )
@@ -385,6 +408,48 @@ async fn node_info(State(state): State<ApiState>) -> Json<NodeInfo> {
 async fn peers(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let peers = state.p2p.peers().await?;
     Ok(Json(json!({ "peers": peers })).into_response())
+}
+
+/// Prometheus HTTP service discovery (`http_sd_configs`): one target group per node, this
+/// node first, then each peer that announced a metrics endpoint (connected peers first),
+/// without duplicate targets, at most `metrics.max_sd_targets`. A peer's entry goes when the
+/// peer monitor forgets the peer. Labels are `__meta_zerostate_*`, for relabelling: a plain
+/// `peer_id` target label would clash with the economic families' own `peer_id`.
+async fn service_discovery(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let Some(sd) = state.sd.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "service discovery is not set up on this server",
+        ));
+    };
+    let mut peers = state.p2p.peers().await?;
+    peers.sort_by(|a, b| (!a.connected, &a.peer_id).cmp(&(!b.connected, &b.peer_id)));
+    let own = (
+        sd.own.clone(),
+        state.p2p.local_peer_id().to_string(),
+        "self",
+    );
+    let announced = peers
+        .into_iter()
+        .filter_map(|p| Some((p.metrics_url?, p.peer_id, "peer")));
+    let mut seen = std::collections::HashSet::new();
+    let groups: Vec<serde_json::Value> = std::iter::once(own)
+        .chain(announced)
+        .filter(|(url, _, _)| seen.insert(url.to_string()))
+        .take(sd.max_targets)
+        .map(|(url, peer_id, source)| {
+            json!({
+                "targets": [url.target()],
+                "labels": {
+                    "__scheme__": url.scheme(),
+                    "__metrics_path__": url.path(),
+                    "__meta_zerostate_peer_id": peer_id,
+                    "__meta_zerostate_source": source,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(groups).into_response())
 }
 
 impl From<ContentError> for ApiError {

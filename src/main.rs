@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use zerostate::client::{Client, run_load};
-use zerostate::config::{Config, Overrides};
+use zerostate::config::{Config, LogConfig, LogFormat, Overrides};
 use zerostate::identity;
 use zerostate::market::TaskRequest;
 use zerostate::market::wire::AuctionType;
@@ -316,12 +316,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         data_dir: None,
     };
     let config = load_config(&args.common, flags)?;
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(&config.log))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    init_logging(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -516,6 +511,30 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         stats.running(),
         stats.submitted
     );
+    Ok(())
+}
+
+/// Installs the node's logger: the filter of `RUST_LOG` when that is set (the convention
+/// users expect), else `log.filter`; lines in `log.format`, on stderr.
+fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let (filter, from) = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.trim().is_empty() => (f, "the RUST_LOG environment variable"),
+        _ => (log.filter.clone(), "log.filter"),
+    };
+    tracing_subscriber::EnvFilter::try_new(&filter).with_context(|| {
+        format!("{from} is `{filter}`, which is not a tracing filter (e.g. info, or zerostate=debug,libp2p=info)")
+    })?;
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(log_filter(&filter))
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => logger
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => logger.json().init(),
+    }
+    tracing::debug!(%filter, from, "logging");
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::content::{CacheMetrics, ContentCache, ContentMetrics, ContentService};
-use crate::health::{Health, supervise};
+use crate::health::{Health, readiness, supervise};
 use crate::http::{self, ApiState, HttpMetrics};
 use crate::identity::{self, IdentityError};
 use crate::ledger::{Ledger, LedgerError};
@@ -24,6 +24,7 @@ use crate::market::kinds::{BuiltIn, Executor};
 use crate::market::wire::{AUCTIONS_TOPIC, RESULTS_TOPIC};
 use crate::market::{MarketDeps, MarketMetrics, MarketService};
 use crate::metrics;
+use crate::p2p::announce::MetricsUrl;
 use crate::p2p::{
     self, EventLoop, MonitorMetrics, P2pError, P2pHandle, P2pMetrics, PeerMonitor, Routes,
 };
@@ -168,26 +169,35 @@ pub async fn start_with_executor(
         "the token is the configured `api_token`".to_owned()
     };
 
-    let mut registry = metrics::new_registry();
-    let zs = registry.sub_registry_with_prefix(metrics::NAMESPACE);
-    metrics::register_node_info(zs, tokio::runtime::Handle::current());
-    let p2p_config = config.p2p_config();
-    let p2p_metrics = P2pMetrics::register(zs);
-    let monitor = PeerMonitor::new(config.monitor.clone(), MonitorMetrics::register(zs));
-    let cache = ContentCache::new(config.cache.clone(), CacheMetrics::register(zs));
-    let content_metrics = ContentMetrics::register(zs);
-    let http_metrics = HttpMetrics::register(zs);
-    let market_metrics = MarketMetrics::register(zs, config.metrics.max_peer_series);
-    let payment_metrics = PaymentMetrics::register(zs, config.metrics.max_channel_series);
-    let (ledger, loaded, ledger_thread) = Ledger::open(&data_dir)?;
-    let (swarm, libp2p_metrics) = p2p::build_swarm(key.clone(), &p2p_config, zs, &p2p_metrics)?;
-    let registry = Arc::new(registry);
-
+    // The HTTP server binds first: the metrics endpoint announced to peers may take its port.
     let listener = http::bind(config.http).await.map_err(NodeError::Http)?;
     let http_addr = listener.local_addr().map_err(NodeError::Http)?;
     if !config.http_is_loopback() {
         tracing::warn!(%http_addr, "HTTP API is reachable from other hosts; state-changing calls still need the token");
     }
+    let announce = config.metrics_announce(http_addr.port());
+    if let Some(url) = &announce {
+        tracing::info!(%url, "announcing the metrics endpoint to peers");
+    }
+
+    let mut registry = metrics::new_registry();
+    let zs = registry.sub_registry_with_prefix(metrics::NAMESPACE);
+    metrics::register_node_info(zs, tokio::runtime::Handle::current());
+    let ready = metrics::register_ready(zs);
+    let label_values = metrics::LabelValueMetrics::register(zs);
+    let mut p2p_config = config.p2p_config();
+    p2p_config.metrics_announce = announce.clone();
+    let p2p_metrics = P2pMetrics::register(zs);
+    let monitor = PeerMonitor::new(config.monitor.clone(), MonitorMetrics::register(zs));
+    let cache = ContentCache::new(config.cache.clone(), CacheMetrics::register(zs));
+    let content_metrics = ContentMetrics::register(zs);
+    let http_metrics = HttpMetrics::register(zs);
+    let market_metrics = MarketMetrics::register(zs, config.metrics.max_peer_series, &label_values);
+    let payment_metrics =
+        PaymentMetrics::register(zs, config.metrics.max_channel_series, &label_values);
+    let (ledger, loaded, ledger_thread) = Ledger::open(&data_dir)?;
+    let (swarm, libp2p_metrics) = p2p::build_swarm(key.clone(), &p2p_config, zs, &p2p_metrics)?;
+    let registry = Arc::new(registry);
 
     // The services need the swarm's handle, and the event loop their inboxes.
     let (event_loop, p2p) =
@@ -259,6 +269,16 @@ pub async fn start_with_executor(
         cancel.clone(),
     ));
 
+    let bootstrap_configured = config
+        .bootstrap_peers()
+        .iter()
+        .any(|(id, _)| *id != peer_id);
+    tasks.spawn(track_readiness(
+        p2p.clone(),
+        bootstrap_configured,
+        ready,
+        cancel.clone(),
+    ));
     let state = ApiState::new(
         registry.clone(),
         http::Services {
@@ -268,14 +288,15 @@ pub async fn start_with_executor(
             payments: payments.clone(),
         },
         api_token.clone(),
-        config
-            .bootstrap_peers()
-            .iter()
-            .any(|(id, _)| *id != peer_id),
+        bootstrap_configured,
         token_hint,
         health.clone(),
     )
-    .with_allowed_hosts(&config.api.allowed_hosts);
+    .with_allowed_hosts(&config.api.allowed_hosts)
+    .with_service_discovery(
+        announce.unwrap_or_else(|| MetricsUrl::of_http_server(http_addr)),
+        config.metrics.max_sd_targets,
+    );
     let app = http::router(state, &config.api, config.content.max_object_bytes);
     tasks.spawn(http::serve(
         listener,
@@ -307,6 +328,33 @@ pub async fn start_with_executor(
         tasks,
         _lock: lock,
     })
+}
+
+/// Keeps `zerostate_node_ready` equal to what `GET /ready` answers, at every change of the
+/// swarm's status.
+async fn track_readiness(
+    p2p: P2pHandle,
+    bootstrap_configured: bool,
+    ready: prometheus_client::metrics::gauge::Gauge,
+    cancel: CancellationToken,
+) {
+    let mut status = p2p.watch_status();
+    loop {
+        let is_ready = {
+            let s = status.borrow_and_update();
+            readiness(
+                !s.listen_addrs.is_empty(),
+                s.connected_peers,
+                bootstrap_configured,
+            )
+            .is_ok()
+        };
+        ready.set(i64::from(is_ready));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// Keeps `<data_dir>/node.json` up to date with the listen addresses.

@@ -15,7 +15,6 @@ pub fn config(dir: &Path, bootstrap: Vec<Multiaddr>) -> Config {
         http: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
         allow_private_addrs: true,
-        log: "warn".into(),
         ..Config::default()
     };
     c.discovery.bootstrap_backoff_initial_ms = 200;

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use super::reputation::Record;
-use crate::metrics::{COST_BUCKETS, CappedKeys, DURATION_BUCKETS};
+use crate::metrics::{COST_BUCKETS, CappedKeys, DURATION_BUCKETS, LabelValueMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeStatus {
@@ -83,7 +83,11 @@ pub struct MarketMetrics {
 impl MarketMetrics {
     /// Registers the families into `registry` (the `zerostate` registry); peer-labelled
     /// families keep at most `max_peer_series` peers.
-    pub fn register(registry: &mut Registry, max_peer_series: usize) -> Self {
+    pub fn register(
+        registry: &mut Registry,
+        max_peer_series: usize,
+        labels: &LabelValueMetrics,
+    ) -> Self {
         let m = Self {
             auctions: Family::default(),
             bids: Family::default(),
@@ -100,7 +104,10 @@ impl MarketMetrics {
             average_task_duration: Family::default(),
             average_task_cost: Family::default(),
             refused: Family::default(),
-            peers: CappedKeys::new(max_peer_series),
+            peers: CappedKeys::new(
+                max_peer_series,
+                labels.for_label("peer_id", max_peer_series),
+            ),
         };
         let e = registry.sub_registry_with_prefix("economic");
         e.register(
@@ -338,7 +345,7 @@ mod tests {
     #[test]
     fn peer_series_are_capped_and_the_least_recently_active_peer_goes() {
         let mut registry = Registry::default();
-        let mut m = MarketMetrics::register(&mut registry, 3);
+        let mut m = MarketMetrics::register(&mut registry, 3, &LabelValueMetrics::default());
         let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
         let record = Record::default();
         for p in &peers {

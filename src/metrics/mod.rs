@@ -44,6 +44,12 @@ pub struct MetricsConfig {
     /// Most channels with series in `channel_balances`; a settled channel's series are
     /// removed, and the least recently active channel's to make room.
     pub max_channel_series: usize,
+    /// The URL of this node's `/metrics` that it announces to its peers, so that their
+    /// `GET /api/v1/sd` lists it; empty: nothing is announced. The host must be an IP address
+    /// peers accept; port 0 stands for the port the HTTP server binds.
+    pub announce_url: String,
+    /// Most targets `GET /api/v1/sd` lists, this node's included.
+    pub max_sd_targets: usize,
 }
 
 impl Default for MetricsConfig {
@@ -51,6 +57,8 @@ impl Default for MetricsConfig {
         Self {
             max_peer_series: 100,
             max_channel_series: 100,
+            announce_url: String::new(),
+            max_sd_targets: 256,
         }
     }
 }
@@ -67,6 +75,59 @@ pub struct OutcomeLabels {
 pub struct ReasonLabels {
     /// A fixed, code-defined reason name.
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LabelName {
+    label: &'static str,
+}
+
+/// `zerostate_metrics_label_values{label}` and `zerostate_metrics_label_values_limit{label}`:
+/// how many values of each capped label (`peer_id`, `channel_id`) hold series, and the cap.
+/// A family at its cap evicts its least recently active value for each new one.
+#[derive(Debug, Clone, Default)]
+pub struct LabelValueMetrics {
+    in_use: Family<LabelName, Gauge>,
+    limit: Family<LabelName, Gauge>,
+}
+
+impl LabelValueMetrics {
+    /// Registers both families into `registry` (the `zerostate` registry).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("metrics");
+        r.register(
+            "label_values",
+            "Values of a capped label (peer_id, channel_id) that currently hold series",
+            m.in_use.clone(),
+        );
+        r.register(
+            "label_values_limit",
+            "The cap of a capped label (metrics.max_peer_series, metrics.max_channel_series)",
+            m.limit.clone(),
+        );
+        m
+    }
+
+    /// Sets the cap of `label` and returns the gauge its [`CappedKeys`] keeps up to date.
+    pub fn for_label(&self, label: &'static str, cap: usize) -> Gauge {
+        let key = LabelName { label };
+        self.limit
+            .get_or_create(&key)
+            .set(i64::try_from(cap).unwrap_or(i64::MAX));
+        self.in_use.get_or_create(&key).clone()
+    }
+}
+
+/// `zerostate_node_ready`: 1 while the node is ready (what `GET /ready` answers 200 to), else 0.
+pub fn register_ready(registry: &mut Registry) -> Gauge {
+    let ready = Gauge::default();
+    registry.register(
+        "node_ready",
+        "1 while the node is ready to serve (listening, and connected to a peer when bootstrap peers are configured: GET /ready answers 200), else 0",
+        ready.clone(),
+    );
+    ready
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -14,6 +14,7 @@ use libp2p::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
+use super::announce;
 use super::config::P2pConfig;
 use super::content_protocol::{CONTENT_PROTOCOL, ContentCodec};
 use super::frame_protocol::{
@@ -41,11 +42,6 @@ pub const AUCTIONS_TOPIC: &str = "/zerostate/auctions/1";
 pub const RESULTS_TOPIC: &str = "/zerostate/auction-results/1";
 /// Dispute evidence (the payment channels').
 pub const DISPUTES_TOPIC: &str = "/zerostate/disputes/1";
-
-/// The agent string announced through identify.
-pub fn agent_version() -> String {
-    format!("zerostate/{}", env!("CARGO_PKG_VERSION"))
-}
 
 /// Gossipsub peer scoring (off in rust-libp2p unless set). Invalid messages cost the most:
 /// about three tolerated before a peer reaches the graylist threshold (-80), and the count
@@ -145,7 +141,7 @@ impl Behaviour {
         // filtered, capped routing table, never whatever a peer announced.
         let identify = identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
-                .with_agent_version(agent_version())
+                .with_agent_version(announce::agent_version(config.metrics_announce.as_ref()))
                 .with_cache_size(0),
         );
 

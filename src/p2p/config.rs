@@ -132,6 +132,9 @@ pub struct P2pConfig {
     pub max_buffered_content_bytes: u64,
     /// How many content keys this node may announce as a provider (its cache's entries).
     pub max_provided_keys: usize,
+    /// The metrics endpoint announced to peers through identify (`metrics.announce_url`,
+    /// with its port resolved); `None`: nothing is announced.
+    pub metrics_announce: Option<super::announce::MetricsUrl>,
 }
 
 impl P2pConfig {

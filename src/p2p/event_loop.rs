@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::addrs::{AddressBook, MAX_ADDRS_PER_PEER, dialable, metric_stack};
+use super::announce;
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, TOPICS};
 use super::bootstrap::Bootstrap;
 use super::config::P2pConfig;
@@ -723,14 +724,31 @@ impl EventLoop {
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
         let protocols = info.protocols.iter().map(ToString::to_string).collect();
-        self.monitor
-            .on_identified(peer, protocols, info.agent_version, Instant::now());
+        let allow_private = self.allow_private_addrs;
+        let metrics_url = match announce::from_agent(&info.agent_version, allow_private) {
+            None => None,
+            Some(Ok(url)) => {
+                self.metrics.metrics_announcement("accepted");
+                Some(url)
+            }
+            Some(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "refused the metrics endpoint a peer announced");
+                self.metrics.metrics_announcement(e.label());
+                None
+            }
+        };
+        self.monitor.on_identified(
+            peer,
+            protocols,
+            info.agent_version,
+            metrics_url,
+            Instant::now(),
+        );
         if !speaks_kad {
             return;
         }
         // Only peers that confirmed our DHT protocol enter the routing table, with plausible
         // addresses, at most MAX_ADDRS_PER_PEER per peer over all identify messages.
-        let allow_private = self.allow_private_addrs;
         for addr in info.listen_addrs.into_iter().take(MAX_ANNOUNCED_ADDRS) {
             if !dialable(&addr, allow_private) {
                 self.metrics.address_dropped("filtered");

@@ -1,6 +1,7 @@
 //! The swarm: behaviour composition, the event loop that owns it, and the handle to it.
 
 pub mod addrs;
+pub mod announce;
 mod behaviour;
 pub mod bootstrap;
 pub mod config;
@@ -26,7 +27,7 @@ use crate::metrics::{OutcomeLabels, ReasonLabels};
 
 pub use behaviour::{
     AUCTIONS_TOPIC, Behaviour, DISPUTES_TOPIC, KAD_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES,
-    PROTOCOL_VERSION, RESULTS_TOPIC, TOPICS, agent_version,
+    PROTOCOL_VERSION, RESULTS_TOPIC, TOPICS,
 };
 pub use config::{DiscoveryConfig, LimitsConfig, MonitorConfig, P2pConfig};
 pub use content_protocol::{
@@ -93,7 +94,11 @@ pub struct P2pMetrics {
     addresses_dropped: Family<ReasonLabels, Counter>,
     remote_provider_records: Gauge,
     provider_records_refused: Family<ReasonLabels, Counter>,
+    metrics_announcements: Family<OutcomeLabels, Counter>,
 }
+
+/// Verdicts of `gossip_messages_total`, every one exposed from the start for each topic.
+const GOSSIP_VERDICTS: [&str; 4] = ["accepted", "rejected", "ignored", "timeout"];
 
 impl P2pMetrics {
     /// Registers the families into `registry` (the `zerostate` registry).
@@ -140,7 +145,27 @@ impl P2pMetrics {
             "Dials of configured bootstrap peers, by outcome (connected, failed)",
             m.bootstrap_dials.clone(),
         );
+        p2p.register(
+            "metrics_announcements",
+            "Metrics endpoints peers announced through identify, by outcome (accepted: listed by /api/v1/sd; malformed: not a plain http(s) URL with an IP host; filtered: a host our address policy refuses)",
+            m.metrics_announcements.clone(),
+        );
+        // Zero rather than absent: "no message was rejected" is what a dashboard should show.
+        for &topic in TOPICS {
+            for verdict in GOSSIP_VERDICTS {
+                let _ = m
+                    .gossip_messages
+                    .get_or_create(&GossipLabels { topic, verdict });
+            }
+        }
         m
+    }
+
+    fn metrics_announcement(&self, outcome: &'static str) {
+        let counter = self
+            .metrics_announcements
+            .get_or_create(&OutcomeLabels { outcome });
+        counter.inc();
     }
 
     fn gossip(&self, topic: &'static str, verdict: &'static str) {

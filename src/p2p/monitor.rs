@@ -25,6 +25,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
+use super::announce::MetricsUrl;
 use super::config::MonitorConfig;
 
 /// Weight of the newest RTT sample in the moving average.
@@ -122,6 +123,7 @@ struct PeerRecord {
     state: PeerState,
     protocols: Vec<String>,
     agent_version: Option<String>,
+    metrics_url: Option<MetricsUrl>,
 }
 
 /// One row of `GET /api/v1/peers`.
@@ -143,6 +145,8 @@ pub struct PeerInfo {
     pub protocols: Vec<String>,
     /// Agent version it announced.
     pub agent_version: Option<String>,
+    /// The metrics endpoint it announced, validated (see [`crate::p2p::announce`]).
+    pub metrics_url: Option<MetricsUrl>,
     /// Last ping round-trip time, milliseconds.
     pub rtt_last_ms: Option<f64>,
     /// Moving average of the ping round-trip time, milliseconds.
@@ -187,6 +191,7 @@ impl PeerMonitor {
             state: PeerState::Alive,
             protocols: Vec::new(),
             agent_version: None,
+            metrics_url: None,
         })
     }
 
@@ -229,17 +234,20 @@ impl PeerMonitor {
         self.publish();
     }
 
-    /// Identify told us the peer's protocols and agent.
+    /// Identify told us the peer's protocols, agent and the metrics endpoint it announced
+    /// (already validated; it is forgotten with the peer).
     pub fn on_identified(
         &mut self,
         peer: PeerId,
         protocols: Vec<String>,
         agent: String,
+        metrics_url: Option<MetricsUrl>,
         now: Instant,
     ) {
         if let Some(r) = self.peers.get_mut(&peer) {
             r.protocols = protocols.into_iter().take(MAX_LIST).collect();
             r.agent_version = Some(agent.chars().take(128).collect());
+            r.metrics_url = metrics_url;
             r.last_seen = now;
         }
     }
@@ -373,6 +381,7 @@ impl PeerMonitor {
                     addresses: r.connections.iter().map(ToString::to_string).collect(),
                     protocols: r.protocols.clone(),
                     agent_version: r.agent_version.clone(),
+                    metrics_url: r.metrics_url.clone(),
                     rtt_last_ms: r.rtt_last.map(|d| d.as_secs_f64() * 1000.0),
                     rtt_ewma_ms: r.rtt_ewma.map(|s| s * 1000.0),
                     consecutive_failures: r.consecutive_failures,

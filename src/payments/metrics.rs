@@ -11,7 +11,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::wire::ChannelId;
-use crate::metrics::{COST_BUCKETS, CappedKeys, DURATION_BUCKETS, OutcomeLabels, ReasonLabels};
+use crate::metrics::{
+    COST_BUCKETS, CappedKeys, DURATION_BUCKETS, LabelValueMetrics, OutcomeLabels, ReasonLabels,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateParty {
@@ -72,7 +74,11 @@ pub struct PaymentMetrics {
 impl PaymentMetrics {
     /// Registers the families into `registry` (the `zerostate` registry); `channel_balances`
     /// keeps at most `max_channel_series` channels.
-    pub fn register(registry: &mut Registry, max_channel_series: usize) -> Self {
+    pub fn register(
+        registry: &mut Registry,
+        max_channel_series: usize,
+        labels: &LabelValueMetrics,
+    ) -> Self {
         let m = Self {
             channels: Family::default(),
             active: Family::default(),
@@ -90,7 +96,10 @@ impl PaymentMetrics {
             refunds: Family::default(),
             refused: Family::default(),
             wallet: Gauge::default(),
-            series: CappedKeys::new(max_channel_series),
+            series: CappedKeys::new(
+                max_channel_series,
+                labels.for_label("channel_id", max_channel_series),
+            ),
         };
         let e = registry.sub_registry_with_prefix("economic");
         e.register(
@@ -173,6 +182,19 @@ impl PaymentMetrics {
             "Channel messages this node refused, by message (open, update, close: requests; frame: an undecodable request; evidence: dispute gossip; countersig, dispute: answers to its own requests) and reason",
             m.refused.clone(),
         );
+        // Zero rather than absent, so "no dispute, no refund" shows as 0 on a dashboard.
+        for status in ["cooperative", "unilateral", "disputed"] {
+            let _ = m.settlements.get_or_create(&Status { status });
+        }
+        for status in ["accepted", "rejected"] {
+            let _ = m.payments.get_or_create(&Status { status });
+        }
+        for status in ["opened", "resolved", "convicted"] {
+            let _ = m.disputes.get_or_create(&Status { status });
+        }
+        for reason in ["failed", "timeout", "expired", "settled"] {
+            let _ = m.refunds.get_or_create(&ReasonLabels { reason });
+        }
         m
     }
 
@@ -303,7 +325,7 @@ mod tests {
     #[test]
     fn balance_series_are_capped_and_removed_on_settlement() {
         let mut registry = Registry::default();
-        let mut m = PaymentMetrics::register(&mut registry, 2);
+        let mut m = PaymentMetrics::register(&mut registry, 2, &LabelValueMetrics::default());
         let ids: Vec<ChannelId> = (0..3).map(|i| ChannelId([i; 32])).collect();
         for id in &ids {
             m.balances(*id, 10, 20);

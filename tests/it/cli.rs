@@ -11,7 +11,7 @@ fn zerostate(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> Outp
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
-        if k.starts_with("ZEROSTATE_") {
+        if k.starts_with("ZEROSTATE_") || k == "RUST_LOG" {
             cmd.env_remove(k);
         }
     }
@@ -162,10 +162,18 @@ fn id_without_key_says_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("zerostate keygen"));
 }
 
-#[test]
-fn sigterm_shuts_the_node_down_with_exit_code_0() {
+/// Starts a node with `env`, waits until it is up, stops it with SIGTERM and returns its
+/// output.
+fn run_then_terminate(env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_zerostate"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zerostate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ZEROSTATE_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .envs(env.iter().copied())
         .args([
             "node",
             "--data-dir",
@@ -201,10 +209,54 @@ fn sigterm_shuts_the_node_down_with_exit_code_0() {
             .unwrap()
             .success()
     );
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigterm_shuts_the_node_down_with_exit_code_0() {
+    let out = run_then_terminate(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("node stopped"), "{stderr}");
+}
+
+#[test]
+fn json_logs_one_object_per_line_and_rust_log_overrides_the_filter() {
+    // `log.filter = "error"` would hide the INFO lines; RUST_LOG, when set, wins.
+    let out = run_then_terminate(&[
+        ("ZEROSTATE_LOG_FORMAT", "json"),
+        ("ZEROSTATE_LOG_FILTER", "error"),
+        ("RUST_LOG", "info"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "node started")
+        .unwrap_or_else(|| panic!("no `node started` line: {stderr}"));
+    assert_eq!(started["level"], "INFO", "{started}");
+    assert!(started["fields"]["peer_id"].is_string(), "{started}");
+
+    // Without RUST_LOG, the configured filter applies.
+    let out = run_then_terminate(&[("ZEROSTATE_LOG_FILTER", "error")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("node started"), "{stderr}");
+}
+
+#[test]
+fn a_bad_log_setting_is_refused_with_its_source() {
+    let e = refused(&[], &[("RUST_LOG", "zerostate=loud")], None);
+    assert!(
+        e.contains("RUST_LOG") && e.contains("zerostate=loud"),
+        "{e}"
+    );
+    let e = refused(&[], &[], Some("[log]\nformat = \"xml\"\n"));
+    assert!(e.contains("format") && e.contains("xml"), "{e}");
 }
 
 #[test]

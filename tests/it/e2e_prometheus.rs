@@ -1,6 +1,9 @@
 //! End to end: five node processes started by `scripts/devnet.sh` from the built binary,
 //! loaded with tasks by `devnet.sh load`, scraped by a real Prometheus server through the
-//! devnet's generated config.
+//! devnet's generated config (with the alert rules, their `for` windows shortened), and by a
+//! second one that finds the nodes only through node 1's `/api/v1/sd`. Every query of
+//! docs/METRICS.md and of the Grafana dashboard returns data; no alert fires on the healthy
+//! devnet; once four nodes are killed, the scrape, no-peers and not-ready alerts fire.
 //!
 //! Needs `prometheus` on PATH (or `PROMETHEUS_BIN`); `scripts/test.sh` installs Debian's.
 
@@ -10,15 +13,18 @@ use std::time::{Duration, Instant};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Stops Prometheus and the devnet even when an assertion fails.
+/// The `for` window of every alert in the end-to-end test.
+const SHORT_FOR: &str = "5s";
+
+/// Stops the Prometheus servers and the devnet even when an assertion fails.
 struct Cleanup {
     devnet_dir: PathBuf,
-    prometheus: Option<Child>,
+    prometheus: Vec<Child>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(mut p) = self.prometheus.take() {
+        for p in &mut self.prometheus {
             let _ = p.kill();
             let _ = p.wait();
         }
@@ -26,11 +32,37 @@ impl Drop for Cleanup {
     }
 }
 
+/// The rules file the devnet's Prometheus configs load: `config/prometheus/rules.yml` with
+/// every `for` window set to [`SHORT_FOR`], next to the devnet directory.
+fn rules_file(devnet_dir: &Path) -> PathBuf {
+    devnet_dir.with_file_name("rules.yml")
+}
+
+fn write_short_rules(devnet_dir: &Path) {
+    let rules = std::fs::read_to_string(format!("{REPO}/config/prometheus/rules.yml")).unwrap();
+    let mut shortened = 0;
+    let lines: Vec<String> = rules
+        .lines()
+        .map(|l| {
+            let rest = l.trim_start();
+            if rest.starts_with("for: ") {
+                shortened += 1;
+                format!("{}for: {SHORT_FOR}", &l[..l.len() - rest.len()])
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    assert!(shortened >= 11, "every alert has a `for` window");
+    std::fs::write(rules_file(devnet_dir), lines.join("\n") + "\n").unwrap();
+}
+
 fn devnet(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new("bash")
         .arg(format!("{REPO}/scripts/devnet.sh"))
         .args(args)
         .env("DEVNET_DIR", dir)
+        .env("DEVNET_RULES_FILE", rules_file(dir))
         .env("ZEROSTATE_BIN", env!("CARGO_BIN_EXE_zerostate"))
         .env("DEVNET_SCRAPE_INTERVAL", "1s")
         .env("DEVNET_TIMEOUT", "120")
@@ -48,6 +80,79 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Starts a Prometheus server with `config`, storing in `data`; returns it and its base URL.
+fn start_prometheus(config: &Path, data: &Path) -> (Child, String) {
+    let port = free_port();
+    let child = Command::new(prometheus_bin())
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `{}` ({e}); install Debian's prometheus package or run scripts/test.sh",
+                prometheus_bin()
+            )
+        });
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// The alerts of a Prometheus server as (name, instance, state).
+async fn alerts(client: &reqwest::Client, base: &str) -> Vec<(String, String, String)> {
+    let body: serde_json::Value = client
+        .get(format!("{base}/api/v1/alerts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                s(&a["labels"]["alertname"]),
+                s(&a["labels"]["instance"]),
+                s(&a["state"]),
+            )
+        })
+        .collect()
+}
+
+/// Every query of the Grafana dashboard as (panel title, expression), rows' nested panels
+/// included.
+pub(crate) fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(format!("{REPO}/config/grafana/dashboards/zerostate.json"))
+        .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    fn walk(panels: &[serde_json::Value], out: &mut Vec<(String, String)>) {
+        for p in panels {
+            let title = p["title"].as_str().unwrap_or_default();
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = t["expr"].as_str() {
+                    out.push((title.to_owned(), expr.to_owned()));
+                }
+            }
+            walk(p["panels"].as_array().map_or(&[], Vec::as_slice), out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(dashboard["panels"].as_array().unwrap(), &mut out);
+    out
+}
+
+/// A dashboard query with its variables as Grafana substitutes them for "All".
+fn substituted(expr: &str) -> String {
+    expr.replace("$job", ".*")
+        .replace("$node", ".*")
+        .replace("$__rate_interval", "1m")
 }
 
 /// Runs an instant query; returns the result vector.
@@ -74,21 +179,35 @@ fn node_cli(dir: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// The operator queries of docs/METRICS.md about the economy: auctions, bids, tasks,
-/// reputation, channels, payments, settlements and escrow.
-fn economic_queries() -> Vec<String> {
+/// The ```promql alert blocks of docs/METRICS.md: alert expressions, empty on a healthy
+/// network but valid.
+fn doc_alert_expressions() -> Vec<String> {
+    let doc = std::fs::read_to_string(format!("{REPO}/docs/METRICS.md")).unwrap();
+    doc.split("```promql alert\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// Every query of docs/METRICS.md: the first column of the "Operator queries" table, and
+/// each ```promql block (one query each). Alert expressions are in ```promql alert blocks,
+/// the old, invalid queries in ```text blocks.
+fn doc_queries() -> Vec<String> {
     let doc = std::fs::read_to_string(format!("{REPO}/docs/METRICS.md")).unwrap();
     let section = doc
         .split("## Operator queries")
         .nth(1)
         .expect("docs/METRICS.md has an Operator queries section");
     let section = section.split("\n## ").next().unwrap();
-    section
+    let mut queries: Vec<String> = section
         .lines()
         .filter_map(|l| l.strip_prefix("| `")?.split("` |").next())
-        .filter(|q| q.contains("zerostate_economic_"))
-        .map(str::to_owned)
-        .collect()
+        .map(|q| q.replace("\\|", "|"))
+        .collect();
+    for block in doc.split("```promql\n").skip(1) {
+        queries.push(block.split("```").next().unwrap().trim().to_owned());
+    }
+    queries
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,8 +216,9 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
     let devnet_dir = dir.path().join("devnet");
     let mut cleanup = Cleanup {
         devnet_dir: devnet_dir.clone(),
-        prometheus: None,
+        prometheus: Vec::new(),
     };
+    write_short_rules(&devnet_dir);
 
     let up = devnet(&devnet_dir, &["up", "5"]);
     assert!(
@@ -107,36 +227,29 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
         String::from_utf8_lossy(&up.stdout),
         String::from_utf8_lossy(&up.stderr)
     );
-    for file in ["nodes.json", "targets.json", "prometheus.yml"] {
+    for file in [
+        "nodes.json",
+        "targets.json",
+        "prometheus.yml",
+        "prometheus-http-sd.yml",
+    ] {
         assert!(devnet_dir.join(file).exists(), "{file} written");
     }
     let nodes: serde_json::Value =
         serde_json::from_slice(&std::fs::read(devnet_dir.join("nodes.json")).unwrap()).unwrap();
     assert_eq!(nodes.as_array().unwrap().len(), 5);
 
-    let port = free_port();
-    let prometheus = Command::new(prometheus_bin())
-        .arg(format!(
-            "--config.file={}",
-            devnet_dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("prometheus-data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `{}` ({e}); install Debian's prometheus package or run scripts/test.sh",
-                prometheus_bin()
-            )
-        });
-    cleanup.prometheus = Some(prometheus);
-
-    let base = format!("http://127.0.0.1:{port}");
+    let (prometheus, base) = start_prometheus(
+        &devnet_dir.join("prometheus.yml"),
+        &dir.path().join("prometheus-data"),
+    );
+    cleanup.prometheus.push(prometheus);
+    // The alternative: one http_sd job asking node 1 for every node's metrics endpoint.
+    let (sd_prometheus, sd_base) = start_prometheus(
+        &devnet_dir.join("prometheus-http-sd.yml"),
+        &dir.path().join("prometheus-sd-data"),
+    );
+    cleanup.prometheus.push(sd_prometheus);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut up_ok, mut info_ok) = (false, false);
@@ -171,6 +284,42 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
             "every node has 2 peers: {result:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // HTTP SD: the Prometheus whose only target source is node 1's /api/v1/sd finds and
+    // scrapes all five nodes, each once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let result = query(&client, &sd_base, r#"up{job="zerostate"}"#).await;
+        let instances: std::collections::HashSet<String> = result
+            .iter()
+            .flatten()
+            .filter(|r| r["value"][1] == "1")
+            .map(|r| r["metric"]["instance"].as_str().unwrap().to_owned())
+            .collect();
+        let want: std::collections::HashSet<String> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["http"].as_str().unwrap().to_owned())
+            .collect();
+        if instances == want && result.as_ref().is_some_and(|r| r.len() == 5) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "http_sd discovers and scrapes all 5: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let peers = query(&client, &sd_base, "count(zerostate_build_info)").await;
+    assert_eq!(
+        peers.as_deref().map(|r| r[0]["value"][1].clone()),
+        Some("5".into())
+    );
+    if let Some(mut p) = cleanup.prometheus.pop() {
+        let _ = p.kill();
+        let _ = p.wait();
     }
 
     // A live market: every node requests and provides.
@@ -302,9 +451,13 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // Every economic query of docs/METRICS.md returns data.
-    let queries = economic_queries();
-    assert!(queries.len() >= 15, "{queries:?}");
+    // Every query of docs/METRICS.md, and every query of the dashboard (its variables as
+    // for "All"), returns data.
+    let mut queries = doc_queries();
+    assert!(queries.len() >= 20, "{queries:?}");
+    let panels = dashboard_queries();
+    assert!(panels.len() >= 30, "{panels:?}");
+    queries.extend(panels.iter().map(|(_, expr)| substituted(expr)));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut empty = Vec::new();
@@ -321,6 +474,13 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
             "queries without data: {empty:#?}"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // The alert expressions of docs/METRICS.md are valid PromQL (`query` fails on an error).
+    let expressions = doc_alert_expressions();
+    assert!(expressions.len() >= 2, "{expressions:?}");
+    for e in &expressions {
+        assert!(query(&client, &base, e).await.is_some(), "{e}");
     }
 
     // The expression of PaymentChannelLeaks (without its threshold) evaluates to a value on
@@ -377,6 +537,52 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
         }
         assert!(Instant::now() < deadline, "rules never evaluated: {rules}");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // No alert fires on the healthy devnet, nor is one about to: with every `for` window
+    // at 5 s, an expression true for longer would already fire. Checked over 10 evaluations.
+    for _ in 0..10 {
+        let active = alerts(&client, &base).await;
+        assert!(active.is_empty(), "alerts on a healthy devnet: {active:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // Kill every node but node 2, which bootstraps from node 1: the four are not scraped any
+    // more, and node 2 has no peer and is not ready.
+    for n in ["1", "3", "4", "5"] {
+        let out = devnet(&devnet_dir, &["kill", n]);
+        assert!(
+            out.status.success(),
+            "kill {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let http = |i: usize| nodes[i - 1]["http"].as_str().unwrap().to_owned();
+    let mut want: Vec<(String, String)> = [1, 3, 4, 5]
+        .iter()
+        .map(|&i| ("ZeroStateScrapeFailing".to_owned(), http(i)))
+        .collect();
+    want.push(("ZeroStateNoPeers".into(), http(2)));
+    want.push(("ZeroStateNodeNotReady".into(), http(2)));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let firing: Vec<(String, String)> = alerts(&client, &base)
+            .await
+            .into_iter()
+            .filter(|(_, _, state)| state == "firing")
+            .map(|(name, instance, _)| (name, instance))
+            .collect();
+        if want.iter().all(|w| firing.contains(w)) {
+            // Nothing else: the survivor's other alerts stay quiet.
+            let other: Vec<_> = firing.iter().filter(|f| !want.contains(f)).collect();
+            assert!(other.is_empty(), "unexpected alerts: {other:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "want {want:?} firing, have {firing:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
     drop(cleanup);

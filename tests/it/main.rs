@@ -16,5 +16,6 @@ mod market;
 mod market_hostile;
 mod monitor;
 mod network;
+mod operator;
 mod payments;
 mod vectors;

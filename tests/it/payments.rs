@@ -532,7 +532,7 @@ impl Process {
                 bootstrap,
             ])
             .env("ZEROSTATE_ALLOW_PRIVATE_ADDRS", "true")
-            .env("ZEROSTATE_LOG", "warn")
+            .env("ZEROSTATE_LOG_FILTER", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
