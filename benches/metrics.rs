@@ -3,8 +3,11 @@
 //! served over HTTP by the node's own server (`http::serve` with the node's `/metrics` route),
 //! against encoding the same registry into a buffer, in the same run.
 //!
-//! - `metrics/encode`: `metrics::encode` of the registry (the work of one scrape, no I/O).
+//! - `metrics/encode`: `metrics::encode_sized` of the registry into a buffer of the size of
+//!   the last scrape, as the endpoint does (the work of one scrape, no I/O).
 //! - `metrics/http_get`: a `GET /metrics` over a kept-alive loopback connection, body read.
+//! - `metrics/http_get_static`: the same text, already encoded, served by the same server: what
+//!   the HTTP exchange of a body that size costs by itself.
 //!
 //! Besides criterion's estimates it prints p50 and p99 of both over 2,000 interleaved samples
 //! (goal: HTTP p50 <= 2 ms at 10,000 series). Run with `cargo bench --bench metrics`; results
@@ -87,42 +90,57 @@ fn main() {
         text.len() / 1024
     );
 
+    // The node's server with its /metrics route, and (for reference) the same text already
+    // encoded, served as it is: what HTTP alone costs for a body of that size.
     let cancel = CancellationToken::new();
-    let url = runtime.block_on(async {
+    let body = bytes::Bytes::from(text.clone());
+    let base = runtime.block_on(async {
         let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let app = http::metrics_router(registry.clone()).route(
+            "/static",
+            axum::routing::get(move || async move { body.clone() }),
+        );
         tokio::spawn(http::serve(
             listener,
-            http::metrics_router(registry.clone()),
+            app,
             ApiConfig::default(),
             HttpMetrics::default(),
             cancel.clone(),
         ));
-        format!("http://{addr}/metrics")
+        format!("http://{addr}")
     });
     let client = reqwest::Client::new();
-    let get = || async {
-        let resp = client.get(&url).send().await.unwrap();
-        assert!(resp.status().is_success());
-        resp.bytes().await.unwrap().len()
+    let fetch = |path: &'static str| {
+        let (client, url) = (client.clone(), format!("{base}{path}"));
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            assert!(resp.status().is_success());
+            resp.bytes().await.unwrap().len()
+        }
     };
     assert!(
-        runtime.block_on(get()) >= text.len() - 64,
+        runtime.block_on(fetch("/metrics")) >= text.len() - 64,
         "the whole registry is served"
     );
+    let capacity = text.len() + text.len() / 16 + 1024;
 
-    // Interleaved samples, so both see the same machine.
+    // Interleaved samples, so all three see the same machine.
     let samples = if bench { 2_000 } else { 5 };
-    let (mut http_ms, mut encode_ms) = (Vec::new(), Vec::new());
+    let (mut http_ms, mut static_ms, mut encode_ms) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..samples {
         let t = Instant::now();
-        runtime.block_on(get());
+        runtime.block_on(fetch("/metrics"));
         http_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        std::hint::black_box(metrics::encode(&registry).unwrap());
+        runtime.block_on(fetch("/static"));
+        static_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        std::hint::black_box(metrics::encode_sized(&registry, capacity).unwrap());
         encode_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let http_p50 = report("http_get", http_ms);
+    report("static", static_ms);
     let encode_p50 = report("encode", encode_ms);
     println!(
         "HTTP p50 / encode p50 = {:.2}; goal HTTP p50 <= 2 ms: {}",
@@ -134,8 +152,15 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
     let mut group = c.benchmark_group("metrics");
-    group.bench_function("encode", |b| b.iter(|| metrics::encode(&registry).unwrap()));
-    group.bench_function("http_get", |b| b.iter(|| runtime.block_on(get())));
+    group.bench_function("encode", |b| {
+        b.iter(|| metrics::encode_sized(&registry, capacity).unwrap())
+    });
+    group.bench_function("http_get", |b| {
+        b.iter(|| runtime.block_on(fetch("/metrics")))
+    });
+    group.bench_function("http_get_static", |b| {
+        b.iter(|| runtime.block_on(fetch("/static")))
+    });
     group.finish();
     c.final_summary();
     cancel.cancel();

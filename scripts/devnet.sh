@@ -30,8 +30,10 @@ Run a local ZeroState devnet on 127.0.0.1.
 Commands:
   up [N]    Start N nodes (default 3). Node 1 starts first; nodes 2..N
             bootstrap from it. Waits until every node's /ready returns 200,
-            then writes nodes.json, targets.json (Prometheus file_sd) and
-            prometheus.yml into the devnet directory.
+            then writes nodes.json, targets.json (Prometheus file_sd),
+            prometheus.yml (scrapes targets.json) and prometheus-http-sd.yml
+            (finds the nodes through node 1's /api/v1/sd) into the devnet
+            directory.
   status    Show each node: process alive, /ready, connected peers, peer id,
             metrics URL.
             Exits 0 if every node is alive and ready, 1 otherwise.

@@ -548,7 +548,7 @@ impl Config {
                     invalid(
                         "metrics.announce_url",
                         format!(
-                            "`{}`: {e}; give the http://<ip>:<port>/metrics address peers' Prometheus can reach, e.g. http://203.0.113.5:9464/metrics (port 0: the port `http` binds)",
+                            "`{}`: {e}; give the http://<ip>:<port>/metrics address peers' Prometheus can reach, e.g. http://<public IP>:9464/metrics (port 0: the port `http` binds)",
                             self.metrics.announce_url
                         ),
                     )

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -328,13 +329,28 @@ async fn unauthorized(state: &ApiState) -> ApiError {
 
 /// `GET /metrics`: `registry` as OpenMetrics text. The node's [`router`] includes it.
 pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Router<S> {
+    let endpoint = MetricsEndpoint {
+        registry,
+        last_len: AtomicUsize::new(0),
+    };
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .with_state(registry)
+        .with_state(Arc::new(endpoint))
 }
 
-async fn metrics_handler(State(registry): State<Arc<Registry>>) -> Response {
-    match metrics::encode(&registry) {
+/// The registry `/metrics` encodes, and the size of its last text (to size the next buffer).
+struct MetricsEndpoint {
+    registry: Arc<Registry>,
+    last_len: AtomicUsize,
+}
+
+async fn metrics_handler(State(endpoint): State<Arc<MetricsEndpoint>>) -> Response {
+    let last = endpoint.last_len.load(Ordering::Relaxed);
+    let encoded = metrics::encode_sized(&endpoint.registry, last + last / 16 + 1024);
+    if let Ok(text) = &encoded {
+        endpoint.last_len.store(text.len(), Ordering::Relaxed);
+    }
+    match encoded {
         Ok(body) => (
             [(header::CONTENT_TYPE, metrics::OPENMETRICS_CONTENT_TYPE)],
             body,

@@ -163,7 +163,13 @@ pub fn register_node_info(registry: &mut Registry, runtime: tokio::runtime::Hand
 
 /// Encodes the registry as OpenMetrics text (ending in `# EOF`).
 pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut out = String::with_capacity(16 * 1024);
+    encode_sized(registry, 16 * 1024)
+}
+
+/// [`encode`] into a buffer of `capacity` bytes from the start: given the size of the last
+/// scrape, the text (1 MiB at 10,000 series) is written without growing the buffer.
+pub fn encode_sized(registry: &Registry, capacity: usize) -> Result<String, std::fmt::Error> {
+    let mut out = String::with_capacity(capacity);
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
 }
