@@ -1,5 +1,5 @@
 #!/bin/sh
-# Entrypoint of the ZeroState image (deploy/Dockerfile).
+# Entrypoint of the ZeroState image (Dockerfile at the repository root).
 #
 #   zerostate-entrypoint [node] [EXTRA NODE FLAGS...]
 #       Runs `zerostate node` with the data dir /data, p2p on TCP and QUIC port P2P_PORT and

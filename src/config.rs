@@ -533,6 +533,15 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(invalid("log.filter", format!("not a tracing filter: {e}")));
         }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "`{}` is not an address and port, e.g. 0.0.0.0:9465 (or empty for none)",
+                    self.metrics.listen
+                ),
+            ));
+        }
         if !(1..=10_000).contains(&self.metrics.max_sd_targets) {
             return Err(invalid(
                 "metrics.max_sd_targets",
@@ -558,8 +567,14 @@ impl Config {
         Ok(())
     }
 
+    /// The address of the `/metrics`-only server (`metrics.listen`), if any. Valid after
+    /// [`Config::validate`].
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics.listen.parse().ok()
+    }
+
     /// The metrics endpoint to announce (`metrics.announce_url`), its port 0 replaced by
-    /// `http_port`. Valid after [`Config::validate`].
+    /// `http_port` (the port `/metrics` is served on). Valid after [`Config::validate`].
     pub fn metrics_announce(&self, http_port: u16) -> Option<MetricsUrl> {
         if self.metrics.announce_url.is_empty() {
             return None;

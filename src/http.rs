@@ -427,7 +427,8 @@ async fn peers(State(state): State<ApiState>) -> Result<Response, ApiError> {
 }
 
 /// Prometheus HTTP service discovery (`http_sd_configs`): one target group per node, this
-/// node first, then each peer that announced a metrics endpoint (connected peers first),
+/// node first, then each peer that announced a metrics endpoint (connected peers first, the
+/// longest connected first: a flood of new peers cannot push out the peers already known),
 /// without duplicate targets, at most `metrics.max_sd_targets`. A peer's entry goes when the
 /// peer monitor forgets the peer. Labels are `__meta_zerostate_*`, for relabelling: a plain
 /// `peer_id` target label would clash with the economic families' own `peer_id`.
@@ -439,7 +440,13 @@ async fn service_discovery(State(state): State<ApiState>) -> Result<Response, Ap
         ));
     };
     let mut peers = state.p2p.peers().await?;
-    peers.sort_by(|a, b| (!a.connected, &a.peer_id).cmp(&(!b.connected, &b.peer_id)));
+    peers.sort_by(|a, b| {
+        let since = |p: &crate::p2p::PeerInfo| p.connected_secs.unwrap_or(0.0);
+        (!a.connected)
+            .cmp(&!b.connected)
+            .then(since(b).total_cmp(&since(a)))
+            .then(a.peer_id.cmp(&b.peer_id))
+    });
     let own = (
         sd.own.clone(),
         state.p2p.local_peer_id().to_string(),

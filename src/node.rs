@@ -55,6 +55,7 @@ pub enum NodeError {
 pub struct NodeHandle {
     peer_id: PeerId,
     http_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     api_token: String,
     p2p: P2pHandle,
     content: ContentService,
@@ -77,6 +78,11 @@ impl NodeHandle {
     /// Where the HTTP server listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the `/metrics`-only server listens (`metrics.listen`), if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The bearer token of the control API.
@@ -175,7 +181,16 @@ pub async fn start_with_executor(
     if !config.http_is_loopback() {
         tracing::warn!(%http_addr, "HTTP API is reachable from other hosts; state-changing calls still need the token");
     }
-    let announce = config.metrics_announce(http_addr.port());
+    let metrics_listener = match config.metrics_listen() {
+        Some(addr) => Some(http::bind(addr).await.map_err(NodeError::Http)?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(NodeError::Http)?),
+        None => None,
+    };
+    let metrics_endpoint = metrics_addr.unwrap_or(http_addr);
+    let announce = config.metrics_announce(metrics_endpoint.port());
     if let Some(url) = &announce {
         tracing::info!(%url, "announcing the metrics endpoint to peers");
     }
@@ -294,10 +309,19 @@ pub async fn start_with_executor(
     )
     .with_allowed_hosts(&config.api.allowed_hosts)
     .with_service_discovery(
-        announce.unwrap_or_else(|| MetricsUrl::of_http_server(http_addr)),
+        announce.unwrap_or_else(|| MetricsUrl::of_http_server(metrics_endpoint)),
         config.metrics.max_sd_targets,
     );
     let app = http::router(state, &config.api, config.content.max_object_bytes);
+    if let Some(metrics_listener) = metrics_listener {
+        tasks.spawn(http::serve(
+            metrics_listener,
+            http::metrics_router(registry.clone()),
+            config.api.clone(),
+            http_metrics.clone(),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(http::serve(
         listener,
         app,
@@ -316,6 +340,7 @@ pub async fn start_with_executor(
     Ok(NodeHandle {
         peer_id,
         http_addr,
+        metrics_addr,
         api_token,
         p2p,
         content,

@@ -44,9 +44,13 @@ pub struct MetricsConfig {
     /// Most channels with series in `channel_balances`; a settled channel's series are
     /// removed, and the least recently active channel's to make room.
     pub max_channel_series: usize,
+    /// A second address serving `/metrics` only (e.g. `0.0.0.0:9465`, for a Prometheus on
+    /// another host), so that the API can stay on 127.0.0.1; empty: none.
+    pub listen: String,
     /// The URL of this node's `/metrics` that it announces to its peers, so that their
     /// `GET /api/v1/sd` lists it; empty: nothing is announced. The host must be an IP address
-    /// peers accept; port 0 stands for the port the HTTP server binds.
+    /// peers accept; port 0 stands for the port `/metrics` is served on (`listen` if set,
+    /// else `http`).
     pub announce_url: String,
     /// Most targets `GET /api/v1/sd` lists, this node's included.
     pub max_sd_targets: usize,
@@ -57,6 +61,7 @@ impl Default for MetricsConfig {
         Self {
             max_peer_series: 100,
             max_channel_series: 100,
+            listen: String::new(),
             announce_url: String::new(),
             max_sd_targets: 256,
         }

@@ -40,6 +40,15 @@ pub fn dialable(addr: &Multiaddr, allow_private: bool) -> bool {
     transport_ok && ip_allowed(ip, allow_private)
 }
 
+/// The IP address `addr` starts with (an IPv4-mapped IPv6 address as its IPv4 address).
+pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    match addr.iter().next()? {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)),
+        _ => None,
+    }
+}
+
 /// Whether an IP is acceptable as a peer's address.
 fn ip_allowed(ip: IpAddr, allow_private: bool) -> bool {
     match ip {

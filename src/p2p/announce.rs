@@ -7,7 +7,9 @@
 //! announces for dialing ([`dialable`]): an `http` or `https` URL whose host is an IP literal
 //! our address policy accepts (no DNS names, no private ranges unless
 //! `allow_private_addrs`), a non-zero port, a short plain path, and nothing else (no user,
-//! query or fragment), at most [`MAX_URL_BYTES`] long.
+//! query or fragment), at most [`MAX_URL_BYTES`] long. The event loop also requires the host to
+//! be the IP address the peer is connected from, so that a peer cannot name a third party's
+//! host as a scrape target.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +71,12 @@ impl MetricsUrl {
     pub fn parse_own(text: &str, allow_private: bool) -> Result<Self, AnnounceError> {
         let url = Self::parse_shape(text)?;
         url.check_host(allow_private)?;
+        // Peers must accept it once the port is filled in (up to 4 more digits).
+        if url.addr.port() == 0 && url.to_string().len() + 4 > MAX_URL_BYTES {
+            return Err(AnnounceError::Malformed(
+                "longer than 200 bytes with its port",
+            ));
+        }
         Ok(url)
     }
 
@@ -153,6 +161,11 @@ impl MetricsUrl {
             self.addr.set_port(port);
         }
         self
+    }
+
+    /// The host.
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
     }
 
     /// `host:port`, as Prometheus wants a target (IPv6 in brackets).
@@ -280,5 +293,14 @@ mod tests {
             MetricsUrl::parse_own("http://127.0.0.1:0/metrics", false),
             Err(AnnounceError::Filtered)
         );
+        // Our own URL must still fit once its port is filled in, or peers would refuse it.
+        let base = "http://127.0.0.1:0/";
+        let near_limit = format!("{base}{}", "a".repeat(MAX_URL_BYTES - base.len()));
+        assert!(MetricsUrl::parse_own(&near_limit, true).is_err());
+        let fits = format!("{base}{}", "a".repeat(MAX_URL_BYTES - base.len() - 4));
+        let own = MetricsUrl::parse_own(&fits, true)
+            .unwrap()
+            .with_bound_port(65535);
+        assert!(MetricsUrl::parse(&own.to_string(), true).is_ok());
     }
 }

@@ -10,10 +10,10 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::task::{Context, Poll};
 
+use super::addrs::ip_of;
 use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
 use libp2p::core::{Endpoint, Multiaddr};
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::{ConnectionEstablished, ListenFailure};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
@@ -58,14 +58,6 @@ impl PendingPerIp {
                 self.per_ip.remove(&ip);
             }
         }
-    }
-}
-
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    match addr.iter().next()? {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)),
-        _ => None,
     }
 }
 

@@ -147,7 +147,7 @@ impl P2pMetrics {
         );
         p2p.register(
             "metrics_announcements",
-            "Metrics endpoints peers announced through identify, by outcome (accepted: listed by /api/v1/sd; malformed: not a plain http(s) URL with an IP host; filtered: a host our address policy refuses)",
+            "Metrics endpoints peers announced through identify, by outcome (accepted: listed by /api/v1/sd; malformed: not a plain http(s) URL with an IP host; filtered: a host our address policy refuses; foreign_host: a host other than the address the peer is connected from)",
             m.metrics_announcements.clone(),
         );
         // Zero rather than absent: "no message was rejected" is what a dashboard should show.

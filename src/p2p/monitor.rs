@@ -15,6 +15,7 @@
 //! carry no peer label.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
@@ -25,6 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
+use super::addrs::ip_of;
 use super::announce::MetricsUrl;
 use super::config::MonitorConfig;
 
@@ -220,6 +222,15 @@ impl PeerMonitor {
         r.consecutive_failures = 0;
         r.state = PeerState::Alive;
         self.publish();
+    }
+
+    /// Whether one of the open connections with `peer` is with the IP address `ip`.
+    pub fn connected_from(&self, peer: &PeerId, ip: IpAddr) -> bool {
+        self.peers.get(peer).is_some_and(|r| {
+            r.connections
+                .iter()
+                .any(|a| ip_of(a) == Some(ip.to_canonical()))
+        })
     }
 
     /// A connection closed; `remaining` is the number still open to that peer.

@@ -155,21 +155,21 @@ fn announcer(target: Multiaddr, agent: String) -> Announcer {
 async fn announced_endpoints_are_filtered_bounded_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![]);
-    // A node on a public network: loopback and private hosts are refused.
-    config.allow_private_addrs = false;
     config.metrics.max_sd_targets = 3;
     let node = start(config).await;
     let addr = p2p_addr(&node);
     let agent = |url: &str| format!("zerostate/6.6.6 metrics={url}");
+    // Eight peers, all connecting from 127.0.0.1 (the node admits at most 8 handshakes from
+    // one address at once).
     let _peers: Vec<Announcer> = [
-        agent("http://8.8.8.8:9464/metrics"),
-        agent("http://8.8.8.8:9464/metrics"), // the same target again
-        agent("http://1.1.1.1:9464/metrics"),
-        agent("http://9.9.9.9:9464/metrics"),  // beyond the cap
-        agent("http://10.1.2.3:9464/metrics"), // private: filtered
-        agent("http://8.8.8.8:9464/metrics?target=10.0.0.1"),
-        agent(&format!("http://8.8.8.8:9464/{}", "a".repeat(3000))),
-        agent("http://node1.example:9464/metrics"),
+        agent("http://127.0.0.1:9001/metrics"),
+        agent("http://127.0.0.1:9001/metrics"), // the same target again
+        agent("http://127.0.0.1:9002/metrics"),
+        agent("http://127.0.0.1:9003/metrics"), // beyond the cap
+        agent("http://8.8.8.8:9464/metrics"),   // not the address it connects from
+        agent("http://240.0.0.1:9464/metrics"), // reserved: filtered
+        agent("http://127.0.0.1:9001/metrics?target=10.0.0.1"),
+        agent(&format!("http://127.0.0.1:9001/{}", "a".repeat(3000))),
     ]
     .into_iter()
     .map(|a| announcer(addr.clone(), a))
@@ -182,19 +182,16 @@ async fn announced_endpoints_are_filtered_bounded_and_counted() {
         )
         .unwrap_or(0.0)
     };
-    // (Eight peers: the node admits at most 8 handshakes from one address at once.)
+    let outcomes = ["accepted", "foreign_host", "filtered", "malformed"];
     let text = eventually(Duration::from_secs(30), "eight announcements", || async {
         let text = scrape(&node).await;
-        let all = ["accepted", "filtered", "malformed"]
-            .iter()
-            .map(|o| count(&text, o))
-            .sum::<f64>();
+        let all = outcomes.iter().map(|o| count(&text, o)).sum::<f64>();
         (all >= 8.0).then_some(text)
     })
     .await;
-    assert_eq!(count(&text, "accepted"), 4.0, "{text}");
-    assert_eq!(count(&text, "filtered"), 1.0, "{text}");
-    assert_eq!(count(&text, "malformed"), 3.0, "{text}");
+    for (outcome, want) in outcomes.iter().zip([4.0, 1.0, 1.0, 2.0]) {
+        assert_eq!(count(&text, outcome), want, "{outcome}: {text}");
+    }
 
     let list = targets(&sd(&node).await);
     assert_eq!(list.len(), 3, "the cap holds: {list:?}");
@@ -203,13 +200,38 @@ async fn announced_endpoints_are_filtered_bounded_and_counted() {
     assert_eq!(unique.len(), list.len(), "no target twice: {list:?}");
     for t in &list[1..] {
         assert!(
-            ["8.8.8.8:9464", "1.1.1.1:9464", "9.9.9.9:9464"].contains(&t.as_str()),
+            ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"].contains(&t.as_str()),
             "only accepted endpoints: {list:?}"
         );
     }
-    // The node still works, and lists what peers announced only as validated targets.
     let (status, _) = get(&node, "/health").await;
     assert_eq!(status, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_only_listener_serves_metrics_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![]);
+    config.metrics.listen = "127.0.0.1:0".into();
+    config.metrics.announce_url = "http://127.0.0.1:0/metrics".into();
+    config.validate().unwrap();
+    let node = start(config).await;
+    let metrics = node.metrics_addr().expect("the metrics listener runs");
+    assert_ne!(metrics, node.http_addr());
+    let resp = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("zerostate_build_info"));
+    for path in ["/api/v1/wallet", "/api/v1/node", "/health"] {
+        let resp = reqwest::get(format!("http://{metrics}{path}"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path} is not served there");
+    }
+    // Port 0 in announce_url is the metrics listener's port.
+    assert_eq!(targets(&sd(&node).await), [metrics.to_string()]);
     node.shutdown().await;
 }
 
@@ -219,8 +241,10 @@ async fn the_ready_gauge_follows_readiness() {
     let mut nodes = start_network(&dirs, |_| {}).await;
     let ready = |text: &str| metric_value(text, "zerostate_node_ready");
     for node in &nodes {
-        let text = scrape(node).await;
-        assert_eq!(ready(&text), Some(1.0), "connected: ready");
+        eventually(Duration::from_secs(30), "connected: ready", || async {
+            (ready(&scrape(node).await) == Some(1.0)).then_some(())
+        })
+        .await;
         assert_eq!(get(node, "/ready").await.0, 200);
     }
     // Node 1 bootstraps from node 0: without it, it is not ready, and the gauge says so.
