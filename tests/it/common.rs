@@ -119,6 +119,25 @@ pub async fn start_network(
     nodes
 }
 
+/// A raw libp2p swarm on TCP (noise, yamux) with a new identity and `behaviour`, for tests
+/// that play a peer; idle connections stay open for 60 s.
+pub fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
 /// Scrapes `/metrics` of a node.
 pub async fn scrape(node: &NodeHandle) -> String {
     get(node, "/metrics").await.1

@@ -105,16 +105,14 @@ fn start_prometheus(config: &Path, data: &Path) -> (Child, String) {
     (child, format!("http://127.0.0.1:{port}"))
 }
 
+/// GETs `url` and parses the JSON answer.
+async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// The alerts of a Prometheus server as (name, instance, state).
 async fn alerts(client: &reqwest::Client, base: &str) -> Vec<(String, String, String)> {
-    let body: serde_json::Value = client
-        .get(format!("{base}/api/v1/alerts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(client, &format!("{base}/api/v1/alerts")).await;
     body["data"]["alerts"]
         .as_array()
         .unwrap()
@@ -511,14 +509,7 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
     // The alert and recording rules loaded, and each evaluates without error.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let rules: serde_json::Value = client
-            .get(format!("{base}/api/v1/rules"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rules = get_json(&client, &format!("{base}/api/v1/rules")).await;
         let all: Vec<serde_json::Value> = rules["data"]["groups"]
             .as_array()
             .unwrap()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::*;
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::{SwarmBuilder, noise, swarm::SwarmEvent, tcp, yamux};
+use libp2p::swarm::SwarmEvent;
 use zerostate::p2p::CONTENT_PROTOCOL;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,23 +16,13 @@ async fn garbage_content_requests_are_refused_and_counted() {
     let node = start(test_config(dir.path(), vec![])).await;
     let target = p2p_addr(&node);
 
-    let mut client = SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    let mut client = raw_swarm(|_| {
+        request_response::Behaviour::with_codec(
+            RawCodec,
+            [(CONTENT_PROTOCOL, ProtocolSupport::Outbound)],
+            request_response::Config::default(),
         )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(CONTENT_PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default(),
-            )
-        })
-        .unwrap()
-        .build();
+    });
     client.dial(target).unwrap();
     let peer = node.peer_id();
     // Not a CID, and far over the 64-byte request limit.

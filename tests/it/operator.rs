@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::{Multiaddr, identify, noise, tcp, yamux};
+use libp2p::{Multiaddr, identify};
 use yaml_rust2::{Yaml, YamlLoader};
 use zerostate::p2p::PROTOCOL_VERSION;
 
@@ -126,23 +126,11 @@ impl Drop for Announcer {
 }
 
 fn announcer(target: Multiaddr, agent: String) -> Announcer {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    let mut swarm = raw_swarm(|key| {
+        identify::Behaviour::new(
+            identify::Config::new(PROTOCOL_VERSION.into(), key.public()).with_agent_version(agent),
         )
-        .unwrap()
-        .with_behaviour(|key| {
-            identify::Behaviour::new(
-                identify::Config::new(PROTOCOL_VERSION.into(), key.public())
-                    .with_agent_version(agent),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    });
     swarm.dial(target).unwrap();
     Announcer(tokio::spawn(async move {
         loop {
