@@ -557,7 +557,7 @@ impl Config {
                     invalid(
                         "metrics.announce_url",
                         format!(
-                            "`{}`: {e}; give the http://<ip>:<port>/metrics address peers' Prometheus can reach, e.g. http://<public IP>:9464/metrics (port 0: the port `http` binds)",
+                            "`{}`: {e}; give the http://<ip>:<port>/metrics address peers' Prometheus can reach, e.g. http://<public IP>:0/metrics (port 0: the port /metrics is served on)",
                             self.metrics.announce_url
                         ),
                     )
@@ -574,14 +574,14 @@ impl Config {
     }
 
     /// The metrics endpoint to announce (`metrics.announce_url`), its port 0 replaced by
-    /// `http_port` (the port `/metrics` is served on). Valid after [`Config::validate`].
-    pub fn metrics_announce(&self, http_port: u16) -> Option<MetricsUrl> {
+    /// `metrics_port` (the port `/metrics` is served on). Valid after [`Config::validate`].
+    pub fn metrics_announce(&self, metrics_port: u16) -> Option<MetricsUrl> {
         if self.metrics.announce_url.is_empty() {
             return None;
         }
         MetricsUrl::parse_own(&self.metrics.announce_url, self.allow_private_addrs)
             .ok()
-            .map(|url| url.with_bound_port(http_port))
+            .map(|url| url.with_bound_port(metrics_port))
     }
 
     /// The bootstrap peers as (peer id, address) pairs. Valid after [`Config::validate`].
@@ -807,6 +807,35 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("api.max_connections"), "{e}");
         assert!(e.contains("ZEROSTATE_API_MAX_CONNECTIONS"), "{e}");
+    }
+
+    #[test]
+    fn a_metrics_url_peers_would_refuse_is_refused_at_start() {
+        let url = "ZEROSTATE_METRICS_ANNOUNCE_URL";
+        let e = load(
+            None,
+            &[(url, "http://node1:9464/metrics")],
+            Overrides::default(),
+        );
+        let e = e.unwrap_err();
+        assert!(
+            e.contains("metrics.announce_url") && e.contains("IP"),
+            "{e}"
+        );
+        // Loopback only where peers accept private addresses.
+        let e = load(None, &[(url, "http://127.0.0.1:0/m")], Overrides::default()).unwrap_err();
+        assert!(e.contains("metrics.announce_url"), "{e}");
+        let private = ("ZEROSTATE_ALLOW_PRIVATE_ADDRS", "true");
+        let c = load(
+            None,
+            &[(url, "http://127.0.0.1:0/m"), private],
+            Overrides::default(),
+        );
+        let announced = c.unwrap().metrics_announce(9465).unwrap();
+        assert_eq!(announced.to_string(), "http://127.0.0.1:9465/m");
+        let listen = [("ZEROSTATE_METRICS_LISTEN", "9465")];
+        let e = load(None, &listen, Overrides::default()).unwrap_err();
+        assert!(e.contains("metrics.listen"), "{e}");
     }
 
     #[test]

@@ -182,7 +182,12 @@ pub async fn start_with_executor(
         tracing::warn!(%http_addr, "HTTP API is reachable from other hosts; state-changing calls still need the token");
     }
     let metrics_listener = match config.metrics_listen() {
-        Some(addr) => Some(http::bind(addr).await.map_err(NodeError::Http)?),
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            NodeError::Http(std::io::Error::new(
+                e.kind(),
+                format!("cannot bind the metrics server to {addr}: {e} (set `metrics.listen` or ZEROSTATE_METRICS_LISTEN to a free address, or port 0)"),
+            ))
+        })?),
         None => None,
     };
     let metrics_addr = match &metrics_listener {
