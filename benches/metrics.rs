@@ -3,8 +3,8 @@
 //! served over HTTP by the node's own server (`http::serve` with the node's `/metrics` route),
 //! against encoding the same registry into a buffer, in the same run.
 //!
-//! - `metrics/encode`: `metrics::encode_sized` of the registry into a buffer of the size of
-//!   the last scrape, as the endpoint does (the work of one scrape, no I/O).
+//! - `metrics/encode`: the registry encoded into a buffer sized from the last scrape, by the
+//!   endpoint's `metrics::Encoder` (the work of one scrape, no I/O).
 //! - `metrics/http_get`: a `GET /metrics` over a kept-alive loopback connection, body read.
 //! - `metrics/http_get_static`: the same text, already encoded, served by the same server: what
 //!   the HTTP exchange of a body that size costs by itself.
@@ -123,7 +123,9 @@ fn main() {
         runtime.block_on(fetch("/metrics")) >= text.len() - 64,
         "the whole registry is served"
     );
-    let capacity = text.len() + text.len() / 16 + 1024;
+    // The encoder the endpoint uses, already sized by one scrape.
+    let encoder = metrics::Encoder::default();
+    encoder.encode(&registry).unwrap();
 
     // Interleaved samples, so all three see the same machine.
     let samples = if bench { 2_000 } else { 5 };
@@ -136,7 +138,7 @@ fn main() {
         runtime.block_on(fetch("/static"));
         static_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        std::hint::black_box(metrics::encode_sized(&registry, capacity).unwrap());
+        std::hint::black_box(encoder.encode(&registry).unwrap());
         encode_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let http_p50 = report("http_get", http_ms);
@@ -152,9 +154,7 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
     let mut group = c.benchmark_group("metrics");
-    group.bench_function("encode", |b| {
-        b.iter(|| metrics::encode_sized(&registry, capacity).unwrap())
-    });
+    group.bench_function("encode", |b| b.iter(|| encoder.encode(&registry).unwrap()));
     group.bench_function("http_get", |b| {
         b.iter(|| runtime.block_on(fetch("/metrics")))
     });

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,7 +134,7 @@ pub struct ApiState {
 /// What `GET /api/v1/sd` lists besides the peers' announcements.
 #[derive(Debug)]
 struct ServiceDiscovery {
-    /// This node's metrics endpoint: the announced one, or the HTTP server's.
+    /// This node's metrics endpoint: the announced one, or the address serving `/metrics`.
     own: MetricsUrl,
     /// Most targets listed.
     max_targets: usize,
@@ -331,26 +330,22 @@ async fn unauthorized(state: &ApiState) -> ApiError {
 pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Router<S> {
     let endpoint = MetricsEndpoint {
         registry,
-        last_len: AtomicUsize::new(0),
+        encoder: metrics::Encoder::default(),
     };
     Router::new()
         .route("/metrics", get(metrics_handler))
         .with_state(Arc::new(endpoint))
 }
 
-/// The registry `/metrics` encodes, and the size of its last text (to size the next buffer).
+/// The registry `/metrics` encodes, and its encoder (which sizes the buffer from the last
+/// scrape).
 struct MetricsEndpoint {
     registry: Arc<Registry>,
-    last_len: AtomicUsize,
+    encoder: metrics::Encoder,
 }
 
 async fn metrics_handler(State(endpoint): State<Arc<MetricsEndpoint>>) -> Response {
-    let last = endpoint.last_len.load(Ordering::Relaxed);
-    let encoded = metrics::encode_sized(&endpoint.registry, last + last / 16 + 1024);
-    if let Ok(text) = &encoded {
-        endpoint.last_len.store(text.len(), Ordering::Relaxed);
-    }
-    match encoded {
+    match endpoint.encoder.encode(&endpoint.registry) {
         Ok(body) => (
             [(header::CONTENT_TYPE, metrics::OPENMETRICS_CONTENT_TYPE)],
             body,

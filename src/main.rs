@@ -91,12 +91,8 @@ enum ChannelCommand {
     List {
         #[command(flatten)]
         api: ApiArgs,
-        /// Skip this many channels.
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-        /// Show at most this many (1..=500).
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show a channel: balances, locks, status.
     Show {
@@ -122,13 +118,20 @@ enum TaskCommand {
     List {
         #[command(flatten)]
         api: ApiArgs,
-        /// Skip this many tasks.
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-        /// Show at most this many (1..=500).
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[command(flatten)]
+        page: PageArgs,
     },
+}
+
+/// Which page of a list to show.
+#[derive(Args, Clone, Copy)]
+struct PageArgs {
+    /// Skip this many entries.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Show at most this many (1..=500).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
 }
 
 /// Where the node's API is.
@@ -408,8 +411,8 @@ async fn task_command(command: TaskCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TaskCommand::Show { api, id } => print_json(&client(&api)?.task(&id).await?),
-        TaskCommand::List { api, offset, limit } => {
-            print_json(&client(&api)?.tasks(offset, limit).await?)
+        TaskCommand::List { api, page } => {
+            print_json(&client(&api)?.tasks(page.offset, page.limit).await?)
         }
     }
 }
@@ -434,8 +437,8 @@ async fn channel_command(command: ChannelCommand) -> anyhow::Result<()> {
             id,
             unilateral,
         } => print_json(&client(&api)?.close_channel(&id, unilateral).await?),
-        ChannelCommand::List { api, offset, limit } => {
-            print_json(&client(&api)?.channels(offset, limit).await?)
+        ChannelCommand::List { api, page } => {
+            print_json(&client(&api)?.channels(page.offset, page.limit).await?)
         }
         ChannelCommand::Show { api, id } => print_json(&client(&api)?.channel(&id).await?),
     }

@@ -168,15 +168,26 @@ pub fn register_node_info(registry: &mut Registry, runtime: tokio::runtime::Hand
 
 /// Encodes the registry as OpenMetrics text (ending in `# EOF`).
 pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
-    encode_sized(registry, 16 * 1024)
+    Encoder::default().encode(registry)
 }
 
-/// [`encode`] into a buffer of `capacity` bytes from the start: given the size of the last
-/// scrape, the text (1 MiB at 10,000 series) is written without growing the buffer.
-pub fn encode_sized(registry: &Registry, capacity: usize) -> Result<String, std::fmt::Error> {
-    let mut out = String::with_capacity(capacity);
-    prometheus_client::encoding::text::encode(&mut out, registry)?;
-    Ok(out)
+/// Encodes a registry scrape after scrape, into a buffer sized from the last text: at 10,000
+/// series (1 MiB) the text is written without growing the buffer.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    last_len: std::sync::atomic::AtomicUsize,
+}
+
+impl Encoder {
+    /// [`encode`], remembering the size of the text for the next time.
+    pub fn encode(&self, registry: &Registry) -> Result<String, std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.last_len.load(Relaxed);
+        let mut out = String::with_capacity((last + last / 16).max(16 * 1024));
+        prometheus_client::encoding::text::encode(&mut out, registry)?;
+        self.last_len.store(out.len(), Relaxed);
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,8 @@
 //! announces for dialing ([`dialable`]): an `http` or `https` URL whose host is an IP literal
 //! our address policy accepts (no DNS names, no private ranges unless
 //! `allow_private_addrs`), a non-zero port, a short plain path, and nothing else (no user,
-//! query or fragment), at most [`MAX_URL_BYTES`] long. The event loop also requires the host to
-//! be the IP address the peer is connected from, so that a peer cannot name a third party's
-//! host as a scrape target.
+//! query or fragment), at most [`MAX_URL_BYTES`] long; and the host must be the IP address the
+//! peer is connected from, so that a peer cannot name a third party's host as a scrape target.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +34,9 @@ pub enum AnnounceError {
         "its host is not an address peers may announce (private, loopback or reserved ranges need allow_private_addrs = true)"
     )]
     Filtered,
+    /// A host other than the address the peer is connected from.
+    #[error("its host is not the address the peer is connected from")]
+    ForeignHost,
 }
 
 impl AnnounceError {
@@ -43,6 +45,7 @@ impl AnnounceError {
         match self {
             Self::Malformed(_) => "malformed",
             Self::Filtered => "filtered",
+            Self::ForeignHost => "foreign_host",
         }
     }
 }
@@ -67,7 +70,7 @@ impl MetricsUrl {
     }
 
     /// Parses and validates this node's own `metrics.announce_url`, where port 0 stands for
-    /// the port the HTTP server binds (see [`MetricsUrl::with_bound_port`]).
+    /// the port `/metrics` is served on (see [`MetricsUrl::with_bound_port`]).
     pub fn parse_own(text: &str, allow_private: bool) -> Result<Self, AnnounceError> {
         let url = Self::parse_shape(text)?;
         url.check_host(allow_private)?;
@@ -155,7 +158,7 @@ impl MetricsUrl {
         }
     }
 
-    /// This URL with port 0 replaced by `port` (the port the HTTP server bound).
+    /// This URL with port 0 replaced by `port` (the port `/metrics` is served on).
     pub fn with_bound_port(mut self, port: u16) -> Self {
         if self.addr.port() == 0 {
             self.addr.set_port(port);
@@ -207,12 +210,24 @@ pub fn agent_version(metrics: Option<&MetricsUrl>) -> String {
 }
 
 /// The metrics URL a peer announced in its agent version: `None` when it announced none,
-/// otherwise the validated URL or why it was refused.
-pub fn from_agent(agent: &str, allow_private: bool) -> Option<Result<MetricsUrl, AnnounceError>> {
+/// otherwise the validated URL or why it was refused. `connected_from` says whether the peer
+/// has a connection from an IP address: only its own address is accepted, so that it cannot
+/// point our Prometheus at a third party's host.
+pub fn from_agent(
+    agent: &str,
+    allow_private: bool,
+    connected_from: impl Fn(IpAddr) -> bool,
+) -> Option<Result<MetricsUrl, AnnounceError>> {
     let (_, rest) = agent.split_once(FIELD)?;
     // The URL is the rest of the agent, up to the next space (room for later fields).
     let text = rest.split(' ').next().unwrap_or_default();
-    Some(MetricsUrl::parse(text, allow_private))
+    Some(MetricsUrl::parse(text, allow_private).and_then(|url| {
+        if connected_from(url.ip()) {
+            Ok(url)
+        } else {
+            Err(AnnounceError::ForeignHost)
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -230,11 +245,19 @@ mod tests {
             agent.starts_with("zerostate/")
                 && agent.ends_with(" metrics=http://8.8.8.8:9464/metrics")
         );
-        assert_eq!(from_agent(&agent, false), Some(Ok(url.clone())));
+        let from_google = |ip: IpAddr| ip == IpAddr::from([8, 8, 8, 8]);
+        assert_eq!(
+            from_agent(&agent, false, from_google),
+            Some(Ok(url.clone()))
+        );
+        assert_eq!(
+            from_agent(&agent, false, |_| false),
+            Some(Err(AnnounceError::ForeignHost))
+        );
         assert_eq!(url.target(), "8.8.8.8:9464");
         assert_eq!((url.scheme(), url.path()), ("http", "/metrics"));
-        assert_eq!(from_agent(&agent_version(None), false), None);
-        assert_eq!(from_agent("rust-libp2p/0.1", false), None);
+        assert_eq!(from_agent(&agent_version(None), false, from_google), None);
+        assert_eq!(from_agent("rust-libp2p/0.1", false, from_google), None);
     }
 
     #[test]

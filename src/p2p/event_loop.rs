@@ -725,14 +725,13 @@ impl EventLoop {
         let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
         let protocols = info.protocols.iter().map(ToString::to_string).collect();
         let allow_private = self.allow_private_addrs;
-        let metrics_url = match announce::from_agent(&info.agent_version, allow_private) {
+        let connected_from = |ip| self.monitor.connected_from(&peer, ip);
+        let metrics_url = match announce::from_agent(
+            &info.agent_version,
+            allow_private,
+            connected_from,
+        ) {
             None => None,
-            // Only the peer's own address: it must not point our Prometheus at someone else.
-            Some(Ok(url)) if !self.monitor.connected_from(&peer, url.ip()) => {
-                tracing::debug!(%peer, %url, "refused a metrics endpoint on a host the peer is not connected from");
-                self.metrics.metrics_announcement("foreign_host");
-                None
-            }
             Some(Ok(url)) => {
                 self.metrics.metrics_announcement("accepted");
                 Some(url)

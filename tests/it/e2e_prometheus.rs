@@ -271,7 +271,12 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
                     .all(|r| r["metric"]["version"] == env!("CARGO_PKG_VERSION"));
         }
     }
-    assert!(up_ok, "up == 1 for all five targets");
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    assert!(
+        up_ok,
+        "up == 1 for all five targets; Prometheus said:\n{}",
+        log("prometheus-data.log")
+    );
     assert!(info_ok, "zerostate_build_info present for each node");
 
     // The nodes found each other: each reports at least two connected peers.
@@ -310,7 +315,8 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
         }
         assert!(
             Instant::now() < deadline,
-            "http_sd discovers and scrapes all 5: {result:?}"
+            "http_sd discovers and scrapes all 5: {result:?}; Prometheus said:\n{}",
+            log("prometheus-sd-data.log")
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
