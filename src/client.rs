@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::identity::TOKEN_FILE;
-use crate::market::{PeerReputation, TaskPage, TaskRequest, TaskView};
+use crate::market::{PeerReputation, TaskPage, TaskRequest, TaskStatus, TaskView};
 use crate::node::NODE_INFO_FILE;
 use crate::payments::{ChannelPage, ChannelView, WalletView};
 
@@ -320,12 +320,12 @@ pub async fn run_load(
             let mut still = Vec::with_capacity(open.len());
             for ((c, id, at), answer) in open.drain(..).zip(answers) {
                 match answer {
-                    Ok(t) if t.status == "success" => {
+                    Ok(t) if t.status == TaskStatus::Success => {
                         stats.completed += 1;
                         let ms = t.finished_ms.unwrap_or(0).saturating_sub(t.submitted_ms);
                         stats.latencies_ms.push(ms);
                     }
-                    Ok(t) if t.status != "running" => stats.failed += 1,
+                    Ok(t) if t.status.is_final() => stats.failed += 1,
                     _ => still.push((c, id, at)),
                 }
             }

@@ -4,6 +4,7 @@
 //! [`config::Config`]; everything it does reports into one prometheus-client registry that
 //! the HTTP server exposes on `/metrics`.
 
+pub mod actor;
 pub mod client;
 pub mod clock;
 pub mod config;

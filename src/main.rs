@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use zerostate::client::{Client, run_load};
 use zerostate::config::{Config, LogConfig, LogFormat, Overrides};
 use zerostate::identity;
-use zerostate::market::TaskRequest;
+use zerostate::market::{TaskParams, TaskRequest};
 use zerostate::market::wire::AuctionType;
 
 /// How long a graceful shutdown may take before the process exits anyway.
@@ -157,8 +157,8 @@ struct ApiArgs {
 #[derive(Args, Clone)]
 struct TaskArgs {
     /// Task kind.
-    #[arg(long, value_parser = ["pow", "matmul"])]
-    kind: String,
+    #[arg(long, value_enum)]
+    kind: KindArg,
     /// pow: leading zero bits wanted (1..=32).
     #[arg(long)]
     difficulty: Option<u32>,
@@ -172,8 +172,8 @@ struct TaskArgs {
     #[arg(long)]
     max_price: Option<u64>,
     /// Auction type.
-    #[arg(long, value_parser = ["first-price", "second-price"], default_value = "second-price")]
-    auction: String,
+    #[arg(long, value_enum, default_value = "second-price")]
+    auction: AuctionArg,
     /// Rank bids by price alone, without the node's reputation of the bidders.
     #[arg(long)]
     no_reputation_weighting: bool,
@@ -211,8 +211,8 @@ struct LoadArgs {
     #[arg(long, default_value_t = 30)]
     duration: u64,
     /// Task kind: pow, matmul, or mixed (alternating).
-    #[arg(long, value_parser = ["pow", "matmul", "mixed"], default_value = "mixed")]
-    kind: String,
+    #[arg(long, value_enum, default_value = "mixed")]
+    kind: LoadKind,
     /// Difficulty of pow tasks.
     #[arg(long, default_value_t = 12)]
     difficulty: u32,
@@ -381,20 +381,71 @@ fn client(api: &ApiArgs) -> anyhow::Result<Client> {
     }
 }
 
-fn task_request(t: &TaskArgs) -> TaskRequest {
-    TaskRequest {
-        kind: t.kind.clone(),
-        difficulty: t.difficulty,
-        input: t.input.clone(),
-        n: t.n,
-        max_price: t.max_price,
-        auction_type: Some(if t.auction == "first-price" {
-            AuctionType::FirstPrice
-        } else {
-            AuctionType::SecondPrice
-        }),
-        reputation_weighted: t.no_reputation_weighting.then_some(false),
+/// A task kind on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum KindArg {
+    /// Proof of work (`--difficulty`, optional `--input`).
+    Pow,
+    /// Matrix multiplication (`--n`).
+    Matmul,
+}
+
+/// An auction type on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AuctionArg {
+    /// The winner pays its own bid.
+    FirstPrice,
+    /// The winner pays the runner-up's bid (or its own, alone).
+    SecondPrice,
+}
+
+impl From<AuctionArg> for AuctionType {
+    fn from(a: AuctionArg) -> Self {
+        match a {
+            AuctionArg::FirstPrice => AuctionType::FirstPrice,
+            AuctionArg::SecondPrice => AuctionType::SecondPrice,
+        }
     }
+}
+
+/// The kinds a load submits.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LoadKind {
+    /// Only pow tasks.
+    Pow,
+    /// Only matmul tasks.
+    Matmul,
+    /// pow and matmul, alternating.
+    Mixed,
+}
+
+fn task_request(t: &TaskArgs) -> anyhow::Result<TaskRequest> {
+    let params = match t.kind {
+        KindArg::Pow => {
+            anyhow::ensure!(t.n.is_none(), "--n is for matmul tasks");
+            TaskParams::Pow {
+                difficulty: t
+                    .difficulty
+                    .context("--difficulty is required for pow tasks (1..=32)")?,
+                input: t.input.clone(),
+            }
+        }
+        KindArg::Matmul => {
+            anyhow::ensure!(
+                t.difficulty.is_none() && t.input.is_none(),
+                "--difficulty and --input are for pow tasks"
+            );
+            TaskParams::Matmul {
+                n: t.n.context("--n is required for matmul tasks (1..=512)")?,
+            }
+        }
+    };
+    Ok(TaskRequest {
+        params,
+        max_price: t.max_price,
+        auction_type: Some(t.auction.into()),
+        reputation_weighted: t.no_reputation_weighting.then_some(false),
+    })
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -405,7 +456,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn task_command(command: TaskCommand) -> anyhow::Result<()> {
     match command {
         TaskCommand::Submit(args) => {
-            let request = task_request(&args.task);
+            let request = task_request(&args.task)?;
             request.validate().map_err(anyhow::Error::msg)?;
             println!("{}", client(&args.api)?.submit(&request).await?);
             Ok(())
@@ -468,18 +519,19 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
             .map(|d| Client::from_data_dir(d, args.token.clone()))
             .collect::<Result<_, _>>()?
     };
-    let kinds: Vec<&str> = match args.kind.as_str() {
-        "mixed" => vec!["pow", "matmul"],
-        k => vec![k],
+    let pow = TaskParams::Pow {
+        difficulty: args.difficulty,
+        input: None,
     };
-    let (difficulty, n) = (args.difficulty, args.n);
+    let matmul = TaskParams::Matmul { n: args.n };
+    let kinds: Vec<TaskParams> = match args.kind {
+        LoadKind::Pow => vec![pow],
+        LoadKind::Matmul => vec![matmul],
+        LoadKind::Mixed => vec![pow, matmul],
+    };
     let make = |i: usize| {
-        let pow = kinds[i % kinds.len()] == "pow";
         TaskRequest {
-            kind: kinds[i % kinds.len()].to_owned(),
-            difficulty: pow.then_some(difficulty),
-            input: None,
-            n: (!pow).then_some(n),
+            params: kinds[i % kinds.len()].clone(),
             max_price: None,
             // Both kinds meet both auction types.
             auction_type: Some(if (i / 2).is_multiple_of(2) {

@@ -164,3 +164,9 @@ pub enum ContentError {
     #[error("the node is shutting down")]
     Stopped,
 }
+
+impl From<crate::actor::Stopped> for ContentError {
+    fn from(_: crate::actor::Stopped) -> Self {
+        Self::Stopped
+    }
+}

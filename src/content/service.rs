@@ -134,12 +134,11 @@ impl ContentService {
         (handle, actor, inbox_tx)
     }
 
-    async fn ask<T>(&self, command: Command, rx: oneshot::Receiver<T>) -> Result<T, ContentError> {
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| ContentError::Stopped)?;
-        rx.await.map_err(|_| ContentError::Stopped)
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ContentError> {
+        Ok(crate::actor::ask(&self.commands, make).await?)
     }
 
     /// Stores `data` and announces this node as a provider. Returns its id.
@@ -151,22 +150,19 @@ impl ContentService {
                 max,
             });
         }
-        let (reply, rx) = oneshot::channel();
-        self.ask(Command::Put { data, reply }, rx).await?
+        self.ask(|reply| Command::Put { data, reply }).await?
     }
 
     /// Whether this node holds `id` (no network access).
     pub async fn has(&self, id: ContentId) -> Result<bool, ContentError> {
-        let (reply, rx) = oneshot::channel();
-        self.ask(Command::Has { id, reply }, rx).await
+        self.ask(|reply| Command::Has { id, reply }).await
     }
 
     /// The content from the cache; if absent and `network` is true, fetched from the network
     /// and verified (bounded by `content.fetch_timeout_ms`), otherwise
     /// [`ContentError::NotCached`].
     pub async fn get(&self, id: ContentId, network: bool) -> Result<Bytes, ContentError> {
-        let (reply, rx) = oneshot::channel();
-        self.ask(Command::Get { id, network, reply }, rx).await?
+        self.ask(|reply| Command::Get { id, network, reply }).await?
     }
 
     /// How often `peer` sent content that failed verification.

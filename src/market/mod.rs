@@ -1,16 +1,18 @@
 //! The task market: auctions announced on gossip, sealed signed bids sent straight to the
 //! requester, verifiable awards, verified execution and reputation.
 //!
-//! The market is a service behind the swarm, like content: an actor ([`MarketActor`])
-//! around pure parts — the auction book ([`auction`]), the task kinds ([`kinds`]), the
-//! reputation table ([`reputation`]) and the wire format ([`wire`]). Its gossip and requests
-//! arrive through the routing; execution runs on a bounded pool of blocking threads.
+//! The market is a service behind the swarm, like content and payments: an actor
+//! ([`MarketActor`], split by role under `service/`) around pure parts — the task lifecycle
+//! ([`task`]), the auction book ([`auction`]), the task kinds ([`kinds`]), the reputation
+//! table ([`reputation`]) and the wire format ([`wire`]). Its gossip and requests arrive
+//! through the routing; execution runs on a bounded pool of blocking threads.
 
 pub mod auction;
 pub mod kinds;
 mod metrics;
 pub mod reputation;
 mod service;
+pub mod task;
 mod view;
 pub mod wire;
 
@@ -19,7 +21,12 @@ use serde::{Deserialize, Serialize};
 pub use metrics::MarketMetrics;
 pub use reputation::ReputationConfig;
 pub use service::{MarketActor, MarketDeps, MarketService, Observed, escrow_id};
-pub use view::{AttemptView, BidView, PeerReputation, TaskPage, TaskRequest, TaskView};
+pub use kinds::{TaskKind, TaskParams};
+pub use task::{AttemptError, Fault, TaskStatus};
+pub use view::{
+    AttemptView, BidView, ParametersView, PeerReputation, ResultView, TaskPage, TaskRequest,
+    TaskView,
+};
 
 /// Market settings (`[market]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,61 +2,40 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::wire::{AuctionType, MATMUL_N, MAX_POW_INPUT, POW_DIFFICULTY, PRICE};
+use super::kinds::{TaskKind, TaskParams, UnknownKind};
+use super::task::TaskStatus;
+use super::wire::{AuctionType, PRICE};
 
-/// A task to submit (`POST /api/v1/tasks`).
+/// A task to submit (`POST /api/v1/tasks`). In JSON it is tagged by `kind`:
+/// `{"kind":"pow","difficulty":8,"input":"hello"}` or `{"kind":"matmul","n":64}`, with the
+/// common fields beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "TaskRequestBody", into = "TaskRequestBody")]
 pub struct TaskRequest {
-    /// `pow` or `matmul`.
-    pub kind: String,
-    /// `pow`: leading zero bits wanted (1..=32).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub difficulty: Option<u32>,
-    /// `pow`: the input as text (random if absent), at most 1024 bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<String>,
-    /// `matmul`: the dimension (1..=512); the matrices are random.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u32>,
+    /// What to compute.
+    pub params: TaskParams,
     /// The highest price to pay (`market.default_max_price` if absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_price: Option<u64>,
     /// `first_price` or `second_price` (default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auction_type: Option<AuctionType>,
     /// Weight bids by reputation (`market.reputation_weighted` if absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reputation_weighted: Option<bool>,
 }
 
 impl TaskRequest {
+    /// A task of `params` with every other field at the node's default.
+    pub fn new(params: TaskParams) -> Self {
+        Self {
+            params,
+            max_price: None,
+            auction_type: None,
+            reputation_weighted: None,
+        }
+    }
+
     /// Checks every field; the message says which one is wrong and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
-        match self.kind.as_str() {
-            "pow" => {
-                let d = self.difficulty.ok_or("`difficulty` is required for pow")?;
-                if !POW_DIFFICULTY.contains(&d) {
-                    return Err(format!("`difficulty` must be 1..=32, got {d}"));
-                }
-                if self.input.as_ref().is_some_and(|i| i.len() > MAX_POW_INPUT) {
-                    return Err(format!("`input` is longer than {MAX_POW_INPUT} bytes"));
-                }
-                if self.n.is_some() {
-                    return Err("`n` is for matmul tasks".into());
-                }
-            }
-            "matmul" => {
-                let n = self.n.ok_or("`n` is required for matmul")?;
-                if !MATMUL_N.contains(&n) {
-                    return Err(format!("`n` must be 1..=512, got {n}"));
-                }
-                if self.difficulty.is_some() || self.input.is_some() {
-                    return Err("`difficulty` and `input` are for pow tasks".into());
-                }
-            }
-            other => return Err(format!("unknown kind `{other}`; use `pow` or `matmul`")),
-        }
+        self.params.validate()?;
         if let Some(p) = self.max_price
             && !PRICE.contains(&p)
         {
@@ -64,6 +43,113 @@ impl TaskRequest {
         }
         Ok(())
     }
+}
+
+/// The JSON form of a [`TaskRequest`]: one flat object whose `kind` says which of the
+/// other fields belong to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskRequestBody {
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    difficulty: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_price: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auction_type: Option<AuctionType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reputation_weighted: Option<bool>,
+}
+
+impl TryFrom<TaskRequestBody> for TaskRequest {
+    type Error = String;
+
+    fn try_from(b: TaskRequestBody) -> Result<Self, String> {
+        let kind: TaskKind = b.kind.parse().map_err(|e: UnknownKind| e.to_string())?;
+        let params = match kind {
+            TaskKind::Pow => {
+                if b.n.is_some() {
+                    return Err("`n` is for matmul tasks".into());
+                }
+                TaskParams::Pow {
+                    difficulty: b.difficulty.ok_or("`difficulty` is required for pow")?,
+                    input: b.input,
+                }
+            }
+            TaskKind::Matmul => {
+                if b.difficulty.is_some() || b.input.is_some() {
+                    return Err("`difficulty` and `input` are for pow tasks".into());
+                }
+                TaskParams::Matmul {
+                    n: b.n.ok_or("`n` is required for matmul")?,
+                }
+            }
+        };
+        Ok(Self {
+            params,
+            max_price: b.max_price,
+            auction_type: b.auction_type,
+            reputation_weighted: b.reputation_weighted,
+        })
+    }
+}
+
+impl From<TaskRequest> for TaskRequestBody {
+    fn from(r: TaskRequest) -> Self {
+        let kind = r.params.kind().label().to_owned();
+        let (difficulty, input, n) = match r.params {
+            TaskParams::Pow { difficulty, input } => (Some(difficulty), input, None),
+            TaskParams::Matmul { n } => (None, None, Some(n)),
+        };
+        Self {
+            kind,
+            difficulty,
+            input,
+            n,
+            max_price: r.max_price,
+            auction_type: r.auction_type,
+            reputation_weighted: r.reputation_weighted,
+        }
+    }
+}
+
+/// A task's parameters as the API shows them, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ParametersView {
+    /// A `pow` task.
+    Pow {
+        /// Leading zero bits wanted.
+        difficulty: u32,
+        /// The input, when it is text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
+        /// The input's bytes in hex (what the nonce is hashed with).
+        input_hex: String,
+    },
+    /// A `matmul` task.
+    Matmul {
+        /// The dimension.
+        n: u32,
+        /// The content id of the left matrix.
+        a: String,
+        /// The content id of the right matrix.
+        b: String,
+    },
+}
+
+/// A verified result as the API shows it: `{"nonce":123}` or `{"product":"bafkr4i..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultView {
+    /// The nonce that solves a `pow` task.
+    Nonce(u64),
+    /// The content id of a `matmul` product (`GET /api/v1/content/{id}` fetches it).
+    Product(String),
 }
 
 /// A bid as the requester saw it.
@@ -97,20 +183,26 @@ pub struct AttemptView {
 pub struct TaskView {
     /// The task's id.
     pub id: String,
-    /// `pow` or `matmul`.
-    pub kind: String,
+    /// The kind.
+    pub kind: TaskKind,
+    /// What it computes.
+    pub parameters: Option<ParametersView>,
     /// `first_price` or `second_price`.
     pub auction_type: AuctionType,
     /// The highest price.
     pub max_price: u64,
     /// `running`, `success`, `failed` or `timeout`.
-    pub status: String,
+    pub status: TaskStatus,
     /// The provider that delivered the verified result.
     pub winner: Option<String>,
     /// The price paid.
     pub price: Option<u64>,
     /// How verification ended: `verified`, or the error.
     pub verification: Option<String>,
+    /// The verified result, once the task succeeded.
+    pub result: Option<ResultView>,
+    /// Why the task failed, in words, once it failed.
+    pub error: Option<String>,
     /// When it was submitted (Unix ms).
     pub submitted_ms: u64,
     /// When it ended (Unix ms).

@@ -419,7 +419,7 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
             verified.extend(
                 tasks
                     .into_iter()
-                    .filter(|t| t.status == "success")
+                    .filter(|t| t.status == zerostate::market::TaskStatus::Success)
                     .map(|t| (i, t)),
             );
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use zerostate::market::kinds::{BuiltIn, Computed, ExecError, Executor, Input};
 use zerostate::market::wire::AuctionType;
-use zerostate::market::{TaskRequest, TaskView};
+use zerostate::market::{TaskParams, TaskRequest, TaskStatus, TaskView};
 use zerostate::{Config, NodeHandle};
 
 use crate::common::*;
@@ -24,10 +24,10 @@ pub fn market_config(c: &mut Config, provider: bool) {
 
 pub fn pow(difficulty: u32, auction_type: AuctionType) -> TaskRequest {
     TaskRequest {
-        kind: "pow".into(),
-        difficulty: Some(difficulty),
-        input: None,
-        n: None,
+        params: TaskParams::Pow {
+            difficulty,
+            input: None,
+        },
         max_price: Some(1_000),
         auction_type: Some(auction_type),
         reputation_weighted: None,
@@ -36,10 +36,7 @@ pub fn pow(difficulty: u32, auction_type: AuctionType) -> TaskRequest {
 
 pub fn matmul(n: u32, auction_type: AuctionType) -> TaskRequest {
     TaskRequest {
-        kind: "matmul".into(),
-        difficulty: None,
-        input: None,
-        n: Some(n),
+        params: TaskParams::Matmul { n },
         max_price: Some(1_000),
         auction_type: Some(auction_type),
         reputation_weighted: None,
@@ -50,7 +47,7 @@ pub fn matmul(n: u32, auction_type: AuctionType) -> TaskRequest {
 pub async fn finished(node: &NodeHandle, id: zerostate::market::wire::AuctionId) -> TaskView {
     eventually(Duration::from_secs(90), "the task ends", || async {
         let task = node.market().task(id).await.ok()??;
-        (task.status != "running").then_some(task)
+        task.status.is_final().then_some(task)
     })
     .await
 }
@@ -122,7 +119,7 @@ async fn five_nodes_run_twenty_auctions_and_agree_on_every_outcome() {
     let mut owed: std::collections::HashMap<(usize, String), u64> = Default::default();
     for (r, id) in &submitted {
         let task = finished(&nodes[*r], *id).await;
-        assert_eq!(task.status, "success", "task {id}: {task:#?}");
+        assert_eq!(task.status, TaskStatus::Success, "task {id}: {task:#?}");
         assert_eq!(task.verification.as_deref(), Some("verified"));
         let winner = task.winner.clone().unwrap();
         let price = task.price.unwrap();
@@ -315,7 +312,7 @@ async fn a_lying_provider_is_caught_loses_reputation_and_stops_winning() {
     let liar_id = liar.peer_id().to_string();
     let honest_id = honest.peer_id().to_string();
     for task in &tasks {
-        assert_eq!(task.status, "success", "{task:#?}");
+        assert_eq!(task.status, TaskStatus::Success, "{task:#?}");
         assert_eq!(
             task.winner.as_deref(),
             Some(honest_id.as_str()),
@@ -434,7 +431,7 @@ async fn the_task_api_needs_the_token_to_submit_and_says_what_is_wrong() {
         404
     );
     let task = finished(&node, id.parse().unwrap()).await;
-    assert_eq!(task.status, "failed");
+    assert_eq!(task.status, TaskStatus::Failed);
     assert!(
         task.attempts
             .iter()

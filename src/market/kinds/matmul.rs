@@ -1,39 +1,26 @@
-//! Task kinds: what providers execute and how requesters verify it, at a fraction of the cost.
+//! `matmul`: C = A·B for n×n matrices over the integers modulo the prime p = 2^61 − 1.
 //!
-//! - `pow`: find a nonce such that BLAKE3(input ‖ nonce as 8 bytes little-endian) has at
-//!   least `difficulty` leading zero bits. Expected work 2^difficulty hashes; verification
-//!   is one hash.
-//! - `matmul`: C = A·B for n×n matrices over the integers modulo the prime p = 2^61 − 1.
-//!   Execution is O(n³). Verification is Freivalds' check, O(n²) per round: for a random
-//!   vector r over the field, A(Br) must equal Cr. If C ≠ AB, a round accepts with
-//!   probability at most 1/p (the nonzero row of AB − C must be orthogonal to r), so the
-//!   [`FREIVALDS_ROUNDS`] = 2 rounds accept a wrong product with probability at most
-//!   p^−2 < 2^−121.
-//!
-//! Execution runs on the provider's worker pool through the [`Executor`] trait, so a library
-//! user can plug in other implementations of these kinds; verification is not pluggable.
+//! Execution is O(n³). Verification is Freivalds' check, O(n²) per round: for a random
+//! vector r over the field, A(Br) must equal Cr. If C ≠ AB, a round accepts with
+//! probability at most 1/p (the nonzero row of AB − C must be orthogonal to r), so the
+//! [`FREIVALDS_ROUNDS`] = 2 rounds accept a wrong product with probability at most
+//! p^−2 < 2^−121. The matrices travel as content ids: the requester stores A and B, the
+//! winner fetches them and stores C.
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use rand::Rng;
+
+use super::ExecError;
+use crate::content::{ContentError, ContentService};
+use crate::content_id::ContentId;
+use crate::market::task::AttemptError;
 
 /// The field's prime, 2^61 − 1.
 pub const MODULUS: u64 = (1 << 61) - 1;
 /// Rounds of Freivalds' check.
 pub const FREIVALDS_ROUNDS: u32 = 2;
-/// How many pow nonces are tried between deadline checks.
-const POW_CHECK_EVERY: u64 = 4096;
-
-/// Why execution stopped without a result.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ExecError {
-    /// The per-task time limit passed.
-    #[error("the task's time limit passed")]
-    TimeLimit,
-    /// The input cannot be executed.
-    #[error("bad input: {0}")]
-    BadInput(String),
-}
 
 /// A square matrix over the integers modulo [`MODULUS`], row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,93 +144,78 @@ pub fn freivalds(a: &Matrix, b: &Matrix, c: &Matrix, rng: &mut impl Rng) -> bool
     })
 }
 
-/// BLAKE3(input ‖ nonce as 8 bytes little-endian).
-pub fn pow_hash(input: &[u8], nonce: u64) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(input);
-    h.update(&nonce.to_le_bytes());
-    *h.finalize().as_bytes()
+/// Stores two random n×n matrices as content: the task's inputs.
+pub(super) async fn prepare(
+    n: u32,
+    content: &ContentService,
+) -> Result<(ContentId, ContentId), String> {
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let mut rng = rand::thread_rng();
+        let a = Matrix::random(n as usize, &mut rng).to_bytes();
+        let b = Matrix::random(n as usize, &mut rng).to_bytes();
+        (a, b)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let a = content.put(Bytes::from(a)).await.map_err(|e| e.to_string())?;
+    let b = content.put(Bytes::from(b)).await.map_err(|e| e.to_string())?;
+    Ok((a, b))
 }
 
-/// Leading zero bits of a hash.
-pub fn leading_zero_bits(hash: &[u8; 32]) -> u32 {
-    let mut bits = 0;
-    for byte in hash {
-        if *byte == 0 {
-            bits += 8;
+/// Fetches and parses the two input matrices (the winner's side).
+pub(super) async fn load(
+    n: u32,
+    a: ContentId,
+    b: ContentId,
+    content: &ContentService,
+) -> Result<(Matrix, Matrix), String> {
+    let (ba, bb) = futures::try_join!(content.get(a, true), content.get(b, true))
+        .map_err(|e| format!("fetching the inputs: {e}"))?;
+    let n = n as usize;
+    Ok((
+        Matrix::from_bytes(n, &ba).map_err(|e| e.to_string())?,
+        Matrix::from_bytes(n, &bb).map_err(|e| e.to_string())?,
+    ))
+}
+
+/// Checks the product `c` against the inputs with Freivalds' check. Problems with our own
+/// inputs or our own content service are not the winner's fault.
+pub(super) async fn verify(
+    n: u32,
+    a: ContentId,
+    b: ContentId,
+    c: ContentId,
+    content: &ContentService,
+) -> Result<(), AttemptError> {
+    let (a, b) = futures::try_join!(content.get(a, true), content.get(b, true))
+        .map_err(|_| AttemptError::InputFailed)?;
+    let c = content.get(c, true).await.map_err(|e| match e {
+        // Our own content service being overloaded or stopping is not the winner's doing.
+        ContentError::Busy | ContentError::Stopped => AttemptError::VerifyFailed,
+        _ => AttemptError::FetchFailed,
+    })?;
+    let n = n as usize;
+    tokio::task::spawn_blocking(move || {
+        let parse = |bytes: &Bytes| Matrix::from_bytes(n, bytes);
+        let (Ok(a), Ok(b)) = (parse(&a), parse(&b)) else {
+            return Err(AttemptError::InputFailed);
+        };
+        let Ok(c) = parse(&c) else {
+            return Err(AttemptError::WrongResult);
+        };
+        if freivalds(&a, &b, &c, &mut rand::thread_rng()) {
+            Ok(())
         } else {
-            return bits + byte.leading_zeros();
+            Err(AttemptError::WrongResult)
         }
-    }
-    bits
+    })
+    .await
+    .unwrap_or(Err(AttemptError::VerifyFailed))
 }
 
-/// Whether `nonce` solves the pow task: one hash.
-pub fn pow_verify(input: &[u8], difficulty: u32, nonce: u64) -> bool {
-    leading_zero_bits(&pow_hash(input, nonce)) >= difficulty
-}
-
-/// Searches nonces from 0 until one solves the task or `deadline` passes.
-pub fn pow_solve(input: &[u8], difficulty: u32, deadline: Instant) -> Result<u64, ExecError> {
-    for nonce in 0u64.. {
-        if nonce % POW_CHECK_EVERY == 0 && Instant::now() >= deadline {
-            return Err(ExecError::TimeLimit);
-        }
-        if pow_verify(input, difficulty, nonce) {
-            return Ok(nonce);
-        }
-    }
-    Err(ExecError::TimeLimit)
-}
-
-/// A task's input, ready to execute.
-#[derive(Debug, Clone)]
-pub enum Input {
-    /// A pow task.
-    Pow {
-        /// The input bytes.
-        input: Vec<u8>,
-        /// Leading zero bits wanted.
-        difficulty: u32,
-    },
-    /// A matmul task with its matrices fetched and parsed.
-    Matmul {
-        /// Left.
-        a: Matrix,
-        /// Right.
-        b: Matrix,
-    },
-}
-
-/// What execution produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Computed {
-    /// A pow nonce.
-    Nonce(u64),
-    /// A matmul product.
-    Product(Matrix),
-}
-
-/// Executes tasks. Called on a worker thread, never on an async task; must return by
-/// `deadline` (with [`ExecError::TimeLimit`] if unfinished).
-pub trait Executor: Send + Sync + 'static {
-    /// Executes `input`.
-    fn execute(&self, input: &Input, deadline: Instant) -> Result<Computed, ExecError>;
-}
-
-/// The built-in executor of both kinds.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BuiltIn;
-
-impl Executor for BuiltIn {
-    fn execute(&self, input: &Input, deadline: Instant) -> Result<Computed, ExecError> {
-        match input {
-            Input::Pow { input, difficulty } => {
-                pow_solve(input, *difficulty, deadline).map(Computed::Nonce)
-            }
-            Input::Matmul { a, b } => a.multiply(b, deadline).map(Computed::Product),
-        }
-    }
+/// Units of work of an n×n product, for pricing: 2^20 multiply-adds each.
+pub(super) fn work_units(n: u32) -> u64 {
+    u64::from(n).pow(3).div_ceil(1 << 20)
 }
 
 #[cfg(test)]
@@ -309,21 +281,10 @@ mod tests {
     }
 
     #[test]
-    fn pow_solves_and_verifies_with_one_hash() {
-        let nonce = pow_solve(b"zerostate", 12, far()).unwrap();
-        assert!(pow_verify(b"zerostate", 12, nonce));
-        assert!(leading_zero_bits(&pow_hash(b"zerostate", nonce)) >= 12);
-        // Any smaller nonce fails (the search starts at 0).
-        assert!((0..nonce).all(|n| !pow_verify(b"zerostate", 12, n)));
-    }
-
-    #[test]
-    fn execution_stops_at_the_deadline() {
-        let past = Instant::now();
-        assert_eq!(pow_solve(b"x", 32, past), Err(ExecError::TimeLimit));
+    fn multiplication_stops_at_the_deadline() {
         let mut rng = StdRng::seed_from_u64(4);
         let a = Matrix::random(8, &mut rng);
-        assert_eq!(a.multiply(&a, past), Err(ExecError::TimeLimit));
+        assert_eq!(a.multiply(&a, Instant::now()), Err(ExecError::TimeLimit));
     }
 
     proptest! {
@@ -337,16 +298,6 @@ mod tests {
             let k = pos % (n * n);
             c.data[k] = (c.data[k] + delta) % MODULUS;
             prop_assert!(!freivalds(&a, &b, &c, &mut rng));
-        }
-
-        #[test]
-        fn leading_zero_bits_counts_bits(byte in any::<u8>(), zeros in 0usize..4) {
-            let mut h = [0xffu8; 32];
-            h[..zeros].fill(0);
-            h[zeros] = byte;
-            // A zero byte is followed by 0xff, which has no leading zeros.
-            let want = zeros as u32 * 8 + byte.leading_zeros();
-            prop_assert_eq!(leading_zero_bits(&h), want);
         }
     }
 }

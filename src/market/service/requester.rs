@@ -1,0 +1,659 @@
+//! The requester's side: this node's tasks. A task is prepared (its inputs stored), then
+//! auctioned; the winner gets the price locked in escrow and the award; its result is
+//! verified, and the escrow released or refunded. What follows a failed attempt is the pure
+//! [`Lifecycle`]'s decision; this file does the IO it asks for.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use libp2p::PeerId;
+
+use super::{Job, MarketActor, Timer, after, escrow_id};
+use crate::market::MarketError;
+use crate::market::auction::{AuctionBook, weight_for};
+use crate::market::kinds::{self, TaskKind, TaskParams};
+use crate::market::task::{AttemptError, Fault, Lifecycle, Next, TaskStatus};
+use crate::market::view::{AttemptView, BidView, TaskRequest, TaskView};
+use crate::market::wire::{
+    self, AUCTIONS_TOPIC, Announcement, AuctionId, AuctionType, Award, Bid, NEUTRAL_WEIGHT,
+    Output, RESULTS_TOPIC, Refusal, Request, Signed, TaskResult, TaskSpec, now_ms, open, sign,
+};
+use crate::p2p::Market;
+use crate::payments::PaymentsError;
+
+/// What the requester is waiting for in an auction.
+enum Phase {
+    Bidding,
+    Awarded {
+        winner: PeerId,
+        price: u64,
+        awarded_at: Instant,
+    },
+    Verifying {
+        winner: PeerId,
+        price: u64,
+        awarded_at: Instant,
+    },
+}
+
+impl Phase {
+    /// The winner and when it was awarded, once there is one.
+    fn winner(&self) -> Option<(PeerId, Instant)> {
+        match *self {
+            Self::Bidding => None,
+            Self::Awarded {
+                winner, awarded_at, ..
+            }
+            | Self::Verifying {
+                winner, awarded_at, ..
+            } => Some((winner, awarded_at)),
+        }
+    }
+}
+
+/// An auction this node runs.
+pub(super) struct Running {
+    task: AuctionId,
+    /// The announcement as signed and published, embedded byte for byte in the award.
+    signed: Signed<Announcement>,
+    book: AuctionBook,
+    announced_at: Instant,
+    phase: Phase,
+}
+
+/// A task of this node.
+pub(super) struct Task {
+    id: AuctionId,
+    kind: TaskKind,
+    /// Final once the inputs are stored.
+    spec: Option<TaskSpec>,
+    auction_type: AuctionType,
+    max_price: u64,
+    weighted: bool,
+    lifecycle: Lifecycle,
+    winner: Option<PeerId>,
+    price: Option<u64>,
+    verification: Option<&'static str>,
+    result: Option<Output>,
+    error: Option<String>,
+    submitted_ms: u64,
+    finished_ms: Option<u64>,
+    attempts: Vec<AttemptView>,
+    timeline: Vec<(u64, String)>,
+}
+
+impl Task {
+    fn log(&mut self, event: String) {
+        self.timeline.push((now_ms(), event));
+    }
+
+    pub(super) fn view(&self) -> TaskView {
+        TaskView {
+            id: self.id.to_string(),
+            kind: self.kind,
+            parameters: self.spec.as_ref().map(kinds::parameters_view),
+            auction_type: self.auction_type,
+            max_price: self.max_price,
+            status: self.lifecycle.status(),
+            winner: self.winner.map(|p| p.to_string()),
+            price: self.price,
+            verification: self.verification.map(str::to_owned),
+            result: self.result.as_ref().map(kinds::result_view),
+            error: self.error.clone(),
+            submitted_ms: self.submitted_ms,
+            finished_ms: self.finished_ms,
+            attempts: self.attempts.clone(),
+            timeline: self.timeline.clone(),
+        }
+    }
+
+    fn attempt(&mut self, auction: AuctionId) -> Option<&mut AttemptView> {
+        let id = auction.to_string();
+        self.attempts.iter_mut().rev().find(|a| a.auction_id == id)
+    }
+}
+
+/// Whether a failed escrow lock was this node's side (its wallet, its payments service)
+/// rather than the winner's answer.
+fn escrow_failed_ours(e: &PaymentsError) -> bool {
+    match e {
+        PaymentsError::Refused(_) | PaymentsError::Pending(_) => false,
+        PaymentsError::Channel(_)
+        | PaymentsError::UnknownChannel
+        | PaymentsError::Ledger(_)
+        | PaymentsError::Stopped
+        | PaymentsError::Busy => true,
+    }
+}
+
+impl MarketActor {
+    fn in_progress(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| !t.lifecycle.status().is_final())
+            .count()
+    }
+
+    pub(super) fn submit(&mut self, request: TaskRequest) -> Result<AuctionId, MarketError> {
+        if self.in_progress() >= self.config.max_running_tasks {
+            return Err(MarketError::Busy(self.config.max_running_tasks));
+        }
+        let id = AuctionId::random();
+        let kind = request.params.kind();
+        let mut task = Task {
+            id,
+            kind,
+            spec: None,
+            auction_type: request.auction_type.unwrap_or(AuctionType::SecondPrice),
+            max_price: request.max_price.unwrap_or(self.config.default_max_price),
+            weighted: request
+                .reputation_weighted
+                .unwrap_or(self.config.reputation_weighted),
+            lifecycle: Lifecycle::new(self.config.max_retries),
+            winner: None,
+            price: None,
+            verification: None,
+            result: None,
+            error: None,
+            submitted_ms: now_ms(),
+            finished_ms: None,
+            attempts: Vec::new(),
+            timeline: Vec::new(),
+        };
+        task.log(format!("submitted ({kind})"));
+        self.metrics.task_submitted(kind.label());
+        self.remember(task);
+        let content = self.content.clone();
+        let params: TaskParams = request.params;
+        self.jobs.spawn(async move {
+            let result = kinds::prepare(&params, &content).await;
+            Job::Prepared { task: id, result }
+        });
+        Ok(id)
+    }
+
+    fn remember(&mut self, task: Task) {
+        let id = task.id;
+        self.tasks.insert(id, task);
+        self.order.push_back(id);
+        while self.order.len() > self.config.max_kept_tasks {
+            let Some(pos) = self.order.iter().position(|id| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|t| t.lifecycle.status().is_final())
+            }) else {
+                break;
+            };
+            if let Some(old) = self.order.remove(pos) {
+                self.tasks.remove(&old);
+            }
+        }
+    }
+
+    pub(super) fn prepared(&mut self, task: AuctionId, result: Result<TaskSpec, String>) {
+        match result {
+            Ok(spec) => {
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.spec = Some(spec);
+                }
+                self.announce(task);
+            }
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e, "cannot prepare task");
+                let Some(t) = self.tasks.get_mut(&task) else {
+                    return;
+                };
+                let error = AttemptError::InputFailed;
+                self.metrics.task_error(t.kind.label(), error.label());
+                let status = t.lifecycle.abandoned(error);
+                let detail = format!("cannot store the task's input: {e}");
+                self.finish(task, status, Some((error, detail)), None);
+            }
+        }
+    }
+
+    /// Announces a new auction for `task`.
+    fn announce(&mut self, task_id: AuctionId) {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let (Some(spec), Some(_)) = (task.spec.clone(), task.lifecycle.attempt_started()) else {
+            return;
+        };
+        let now = now_ms();
+        let announcement = Announcement {
+            auction_id: AuctionId::random(),
+            requester: self.local,
+            task: spec,
+            max_price: task.max_price,
+            auction_type: task.auction_type,
+            created_at_ms: now,
+            bid_deadline_ms: now + self.config.bid_window_ms,
+            reputation_weighted: task.weighted,
+            execution_timeout_ms: self.config.execution_timeout_ms,
+        };
+        let auction = announcement.auction_id;
+        task.attempts.push(AttemptView {
+            auction_id: auction.to_string(),
+            bids: Vec::new(),
+            winner: None,
+            price: None,
+            outcome: None,
+        });
+        task.log(format!("auction {auction} announced"));
+        let signed = sign(&self.key, announcement.clone());
+        let excluded: HashSet<PeerId> = task.lifecycle.excluded().clone();
+        self.metrics.auction(task.auction_type.label(), "created");
+        self.running.insert(
+            auction,
+            Running {
+                task: task_id,
+                signed: signed.clone(),
+                book: AuctionBook::new(announcement, excluded),
+                announced_at: Instant::now(),
+                phase: Phase::Bidding,
+            },
+        );
+        self.publish(AUCTIONS_TOPIC, signed.bytes);
+        self.jobs.spawn(after(
+            Duration::from_millis(self.config.bid_window_ms),
+            Timer::BidDeadline(auction),
+        ));
+    }
+
+    pub(super) fn on_bid(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), Refusal> {
+        let bid = match open::<Bid>(bytes) {
+            Ok(bid) => bid,
+            Err(r) => {
+                self.metrics.refused("bid", r.label());
+                return Err(r);
+            }
+        };
+        let now = now_ms();
+        let Some(running) = self.running.get_mut(&bid.body.auction_id) else {
+            self.metrics.refused("bid", Refusal::UnknownAuction.label());
+            return Err(Refusal::UnknownAuction);
+        };
+        let auction_type = running.book.announcement().auction_type.label();
+        let banned = self.reputation.is_banned(&bid.body.bidder, now);
+        let weight = weight_for(self.reputation.score(&bid.body.bidder, now));
+        let result = if bid.signer != peer {
+            Err(Refusal::WrongSigner)
+        } else if banned {
+            Err(Refusal::Excluded)
+        } else {
+            running.book.offer(bid.clone(), weight, now)
+        };
+        match result {
+            Ok(()) => {
+                self.metrics.bid(auction_type, "accepted");
+                self.metrics.bid_amount(bid.body.price);
+                let task = running.task;
+                let weight = running
+                    .book
+                    .entries()
+                    .last()
+                    .map_or(NEUTRAL_WEIGHT, |e| e.weight);
+                if let Some(attempt) = self
+                    .tasks
+                    .get_mut(&task)
+                    .and_then(|t| t.attempt(bid.body.auction_id))
+                {
+                    attempt.bids.push(BidView {
+                        bidder: bid.body.bidder.to_string(),
+                        price: bid.body.price,
+                        weight,
+                    });
+                }
+                Ok(())
+            }
+            Err(r) => {
+                self.metrics.bid(auction_type, "refused");
+                self.metrics.refused("bid", r.label());
+                Err(r)
+            }
+        }
+    }
+
+    pub(super) fn on_result(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), Refusal> {
+        let result = match open::<TaskResult>(bytes) {
+            Ok(r) => r,
+            Err(r) => {
+                self.metrics.refused("result", r.label());
+                return Err(r);
+            }
+        };
+        let auction = result.body.auction_id;
+        let Some(running) = self.running.get_mut(&auction) else {
+            self.metrics
+                .refused("result", Refusal::UnknownAuction.label());
+            return Err(Refusal::UnknownAuction);
+        };
+        let Phase::Awarded {
+            winner,
+            price,
+            awarded_at,
+        } = running.phase
+        else {
+            self.metrics.refused("result", Refusal::Unexpected.label());
+            return Err(Refusal::Unexpected);
+        };
+        if winner != result.body.provider || peer != winner {
+            self.metrics.refused("result", Refusal::Unexpected.label());
+            return Err(Refusal::Unexpected);
+        }
+        running.phase = Phase::Verifying {
+            winner,
+            price,
+            awarded_at,
+        };
+        let spec = running.book.announcement().task.clone();
+        let task = running.task;
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.log(format!(
+                "result received from {winner} (executed in {} ms)",
+                result.body.execution_ms
+            ));
+        }
+        let content = self.content.clone();
+        let limit = Duration::from_millis(self.config.verify_timeout_ms);
+        let output = result.body.output;
+        self.jobs.spawn(async move {
+            let check = std::panic::AssertUnwindSafe(kinds::verify(spec, output, &content))
+                .catch_unwind();
+            let result = match tokio::time::timeout(limit, check).await {
+                Err(_) => Err(AttemptError::VerifyTimeout),
+                Ok(Err(_panic)) => Err(AttemptError::VerifyFailed),
+                Ok(Ok(result)) => result,
+            };
+            Job::Verified {
+                auction,
+                output,
+                result,
+            }
+        });
+        Ok(())
+    }
+
+    /// The bid window closed: award the winner (lock its price in escrow, then send the
+    /// award), or fail the attempt without bids.
+    pub(super) fn close_auction(&mut self, auction: AuctionId) {
+        let Some(running) = self.running.get_mut(&auction) else {
+            return;
+        };
+        let announcement = running.book.announcement().clone();
+        let auction_type = announcement.auction_type.label();
+        let Some(selection) = running.book.select() else {
+            self.metrics.auction(auction_type, "failed");
+            let detail = format!(
+                "no provider bid at or below max_price {} within {} ms. A provider bids only \
+                 while it has a free worker and its own price for the task (its base_price, \
+                 10 by default, plus its unit_price per unit of work) is at most max_price: \
+                 try a higher max price, or check that providers offer this kind",
+                announcement.max_price, self.config.bid_window_ms
+            );
+            self.attempt_failed_because(auction, AttemptError::NoBids, detail);
+            return;
+        };
+        self.metrics
+            .auction_closed_after(running.announced_at.elapsed().as_secs_f64());
+        self.metrics.auction(auction_type, "closed");
+        let winner = selection.winner.bid.body.bidder;
+        let award = Award {
+            announcement: running.signed.clone(),
+            winner_bid: selection.winner.bid.clone(),
+            runner_up_bid: selection.runner_up.as_ref().map(|e| e.bid.clone()),
+            price: selection.price,
+            winner_weight: selection.winner.weight,
+            runner_up_weight: selection
+                .runner_up
+                .as_ref()
+                .map_or(NEUTRAL_WEIGHT, |e| e.weight),
+        };
+        running.phase = Phase::Awarded {
+            winner,
+            price: selection.price,
+            awarded_at: Instant::now(),
+        };
+        let task = running.task;
+        let signed = sign(&self.key, award);
+        self.record_observed(&signed.body);
+        if let Some(t) = self.tasks.get_mut(&task) {
+            if let Some(a) = t.attempt(auction) {
+                a.winner = Some(winner.to_string());
+                a.price = Some(selection.price);
+            }
+            t.log(format!(
+                "auction {auction} closed: {winner} wins at {}",
+                selection.price
+            ));
+        }
+        // The award goes to the winner first, then to everyone as the auction's result (so
+        // the winner's copy does not queue behind the gossip).
+        let p2p = self.p2p.clone();
+        let award = signed.bytes.clone();
+        let winner_expires_ms = selection.winner.bid.body.expires_at_ms;
+        let frame = Request::Award(signed.bytes).encode();
+        let limit = Duration::from_millis(self.config.award_timeout_ms);
+        // The price is locked in escrow before the award goes out: the winner checks it
+        // before executing. It may be refunded once the task's time is up.
+        let payments = self.payments.clone();
+        let escrow = escrow_id(&self.local, auction);
+        let price = selection.price;
+        let kind = TaskKind::of(&announcement.task).label();
+        let expires_at_ms = now_ms() + self.config.escrow_ttl_ms(announcement.execution_timeout_ms);
+        self.jobs.spawn(async move {
+            // Locking and delivering share the award's time limit, so the result deadline
+            // (award + execution time) leaves the winner its whole execution time.
+            let started = tokio::time::Instant::now();
+            let locked = tokio::time::timeout(
+                limit,
+                payments.lock(winner, escrow, price, expires_at_ms, kind),
+            )
+            .await;
+            let refused = match locked {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some((
+                    AttemptError::EscrowFailed {
+                        ours: escrow_failed_ours(&e),
+                    },
+                    e.to_string(),
+                )),
+                Err(_) => Some((
+                    AttemptError::EscrowFailed { ours: false },
+                    "the lock was not countersigned in time".to_owned(),
+                )),
+            };
+            if let Some(error) = refused {
+                return Job::AwardDelivered {
+                    auction,
+                    task,
+                    award,
+                    result: Err(error),
+                };
+            }
+            let limit = limit.saturating_sub(started.elapsed());
+            // A winner may refuse an award sent after its bid expired.
+            let late = now_ms() > winner_expires_ms;
+            let deliver = async {
+                // The bid's connection may have closed since: find the winner again.
+                p2p.connect(winner)
+                    .await
+                    .map_err(crate::p2p::RequestError::Failed)?;
+                p2p.request::<Market>(winner, frame).await
+            };
+            let refused = AttemptError::AwardRefused { late };
+            let result = match tokio::time::timeout(limit, deliver).await {
+                Err(_) => Err((AttemptError::Unreachable, "no answer in time".to_owned())),
+                Ok(Err(e)) => Err((AttemptError::Unreachable, e.to_string())),
+                Ok(Ok(bytes)) => match wire::decode_response(&bytes) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(reason)) => Err((refused, reason)),
+                    Err(e) => Err((refused, e.to_string())),
+                },
+            };
+            Job::AwardDelivered {
+                auction,
+                task,
+                award,
+                result,
+            }
+        });
+        let deadline = Duration::from_millis(
+            u64::from(self.config.execution_timeout_ms) + self.config.award_timeout_ms,
+        );
+        self.jobs
+            .spawn(after(deadline, Timer::ResultDeadline(auction)));
+    }
+
+    pub(super) fn award_delivered(
+        &mut self,
+        auction: AuctionId,
+        task: AuctionId,
+        award: Bytes,
+        result: Result<(), (AttemptError, String)>,
+    ) {
+        match result {
+            Ok(()) => {
+                // Losers and observers learn the outcome once the winner took the award.
+                self.publish(RESULTS_TOPIC, award);
+                // The result may already be in: log into the task, not the auction.
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.log(format!("award accepted (auction {auction})"));
+                }
+            }
+            Err((error, detail)) => {
+                if self.awaiting_result(auction) {
+                    tracing::debug!(%auction, error = error.label(), detail, "award not accepted");
+                    self.attempt_failed_because(auction, error, detail);
+                }
+            }
+        }
+    }
+
+    fn awaiting_result(&self, auction: AuctionId) -> bool {
+        matches!(
+            self.running.get(&auction).map(|r| &r.phase),
+            Some(Phase::Awarded { .. })
+        )
+    }
+
+    pub(super) fn result_deadline(&mut self, auction: AuctionId) {
+        if self.awaiting_result(auction) {
+            let detail = format!(
+                "the winner delivered no result within {} ms of the award",
+                u64::from(self.config.execution_timeout_ms) + self.config.award_timeout_ms
+            );
+            self.attempt_failed_because(auction, AttemptError::Timeout, detail);
+        }
+    }
+
+    pub(super) fn attempt_succeeded(&mut self, auction: AuctionId, output: Output) {
+        let Some(running) = self.running.remove(&auction) else {
+            return;
+        };
+        let Phase::Verifying {
+            winner,
+            price,
+            awarded_at,
+        } = running.phase
+        else {
+            return;
+        };
+        let auction_type = running.book.announcement().auction_type.label();
+        self.metrics.auction(auction_type, "completed");
+        self.payments
+            .release(winner, escrow_id(&self.local, auction));
+        self.provider_succeeded(winner, awarded_at.elapsed().as_millis() as u64, price);
+        let Some(t) = self.tasks.get_mut(&running.task) else {
+            return;
+        };
+        if let Some(a) = t.attempt(auction) {
+            a.outcome = Some("success".into());
+        }
+        t.winner = Some(winner);
+        t.price = Some(price);
+        t.verification = Some("verified");
+        t.result = Some(output);
+        t.log(format!("result verified; paid {price} to {winner}"));
+        let status = t.lifecycle.succeeded();
+        self.finish(running.task, status, None, Some(price));
+    }
+
+    /// An attempt failed with `error`; what it means for the task is the lifecycle's call.
+    pub(super) fn attempt_failed(&mut self, auction: AuctionId, error: AttemptError) {
+        let detail = match error {
+            AttemptError::WrongResult => "the winner's result did not verify",
+            AttemptError::FetchFailed => "the winner's result could not be fetched from it",
+            AttemptError::VerifyTimeout => "verifying the result took too long",
+            AttemptError::VerifyFailed => "this node could not verify the result",
+            AttemptError::InputFailed => "this node could not read the task's own input",
+            _ => error.label(),
+        };
+        self.attempt_failed_because(auction, error, detail.to_owned());
+    }
+
+    /// An attempt failed with `error` (`detail` says why, in words). The winner, if any, is
+    /// refunded and left out of the task's next auction, and blamed if it was its fault.
+    fn attempt_failed_because(&mut self, auction: AuctionId, error: AttemptError, detail: String) {
+        let Some(running) = self.running.remove(&auction) else {
+            return;
+        };
+        let announcement = running.book.announcement();
+        self.metrics
+            .task_error(TaskKind::of(&announcement.task).label(), error.label());
+        let winner = running.phase.winner();
+        if let Some((winner, awarded_at)) = winner {
+            self.metrics
+                .auction(announcement.auction_type.label(), "failed");
+            // Whatever was locked for this attempt goes back (once the lock expires).
+            let reason = match error {
+                AttemptError::Timeout => "timeout",
+                _ => "failed",
+            };
+            self.payments
+                .refund(winner, escrow_id(&self.local, auction), reason);
+            if error.fault() == Fault::Provider {
+                self.provider_failed(winner, awarded_at.elapsed().as_millis() as u64);
+            }
+        }
+        let Some(t) = self.tasks.get_mut(&running.task) else {
+            return;
+        };
+        if let Some(a) = t.attempt(auction) {
+            a.outcome = Some(error.label().into());
+        }
+        t.log(format!("auction {auction} failed: {}", error.label()));
+        if error.is_wrong_result() {
+            t.verification = Some(error.label());
+        }
+        match t.lifecycle.attempt_failed(winner.map(|(w, _)| w), error) {
+            Next::Reauction => {
+                t.log("re-auctioning".into());
+                self.announce(running.task);
+            }
+            Next::Finish(status) => self.finish(running.task, status, Some((error, detail)), None),
+        }
+    }
+
+    fn finish(
+        &mut self,
+        task: AuctionId,
+        status: TaskStatus,
+        error: Option<(AttemptError, String)>,
+        cost: Option<u64>,
+    ) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        t.finished_ms = Some(now_ms());
+        if let Some((error, detail)) = error {
+            t.log(format!("task {}: {}", status.label(), error.label()));
+            t.error = Some(format!("{}: {detail}", error.label()));
+        }
+        self.metrics
+            .task_completed(t.kind.label(), status.label(), cost);
+    }
+}
