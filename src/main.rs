@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use zerostate::client::{Client, run_load};
 use zerostate::config::{Config, LogConfig, LogFormat, Overrides};
 use zerostate::identity;
-use zerostate::market::{TaskParams, TaskRequest};
 use zerostate::market::wire::AuctionType;
+use zerostate::market::{TaskParams, TaskRequest};
 
 /// How long a graceful shutdown may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);

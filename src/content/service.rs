@@ -162,7 +162,8 @@ impl ContentService {
     /// and verified (bounded by `content.fetch_timeout_ms`), otherwise
     /// [`ContentError::NotCached`].
     pub async fn get(&self, id: ContentId, network: bool) -> Result<Bytes, ContentError> {
-        self.ask(|reply| Command::Get { id, network, reply }).await?
+        self.ask(|reply| Command::Get { id, network, reply })
+            .await?
     }
 
     /// How often `peer` sent content that failed verification.

@@ -18,10 +18,10 @@ pub mod wire;
 
 use serde::{Deserialize, Serialize};
 
+pub use kinds::{TaskKind, TaskParams};
 pub use metrics::MarketMetrics;
 pub use reputation::ReputationConfig;
 pub use service::{MarketActor, MarketDeps, MarketService, Observed, escrow_id};
-pub use kinds::{TaskKind, TaskParams};
 pub use task::{AttemptError, Fault, TaskStatus};
 pub use view::{
     AttemptView, BidView, ParametersView, PeerReputation, ResultView, TaskPage, TaskRequest,

@@ -1001,7 +1001,11 @@ async fn a_winner_that_refuses_its_award_is_blamed_and_left_out_of_the_retry() {
         Ok("excluded")
     );
     let view = crate::market::finished(requester, task).await;
-    assert_eq!(view.status, zerostate::market::TaskStatus::Success, "{view:#?}");
+    assert_eq!(
+        view.status,
+        zerostate::market::TaskStatus::Success,
+        "{view:#?}"
+    );
     assert_eq!(view.winner, Some(honest.peer_id().to_string()));
     assert_eq!(view.attempts[0].outcome.as_deref(), Some("award_refused"));
     // What it answered did not decide: the award was on time, so it is to blame.
@@ -1059,7 +1063,11 @@ async fn a_forged_result_under_the_same_auction_id_does_not_void_the_real_auctio
         .publish(RESULTS_TOPIC, sign(&forger.key, award).bytes.to_vec())
         .await;
     let view = crate::market::finished(requester, task).await;
-    assert_eq!(view.status, zerostate::market::TaskStatus::Success, "{view:#?}");
+    assert_eq!(
+        view.status,
+        zerostate::market::TaskStatus::Success,
+        "{view:#?}"
+    );
     assert_eq!(
         view.attempts.len(),
         1,

@@ -157,8 +157,14 @@ pub(super) async fn prepare(
     })
     .await
     .map_err(|e| e.to_string())?;
-    let a = content.put(Bytes::from(a)).await.map_err(|e| e.to_string())?;
-    let b = content.put(Bytes::from(b)).await.map_err(|e| e.to_string())?;
+    let a = content
+        .put(Bytes::from(a))
+        .await
+        .map_err(|e| e.to_string())?;
+    let b = content
+        .put(Bytes::from(b))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((a, b))
 }
 

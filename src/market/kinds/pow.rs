@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn the_search_stops_at_the_deadline() {
-        assert_eq!(pow_solve(b"x", 32, Instant::now()), Err(ExecError::TimeLimit));
+        assert_eq!(
+            pow_solve(b"x", 32, Instant::now()),
+            Err(ExecError::TimeLimit)
+        );
     }
 
     proptest! {

@@ -6,12 +6,14 @@
 //!
 //! The actor plays three roles, one file each, around pure parts:
 //! - [`requester`]: this node's tasks, their auctions and what follows; the decisions after
-//!   a failed attempt are the pure [`Lifecycle`](super::task::Lifecycle)'s;
+//!   a failed attempt are the pure [`Lifecycle`](super::task::Lifecycle)'s; [`award`]: the
+//!   escrow lock and the award that close an auction;
 //! - [`provider`]: bidding on others' auctions, executing the awards this node won;
 //! - [`observer`]: the gossip of announcements and published auction results;
 //!
 //! plus [`handle`] (the commands) and [`standing`] (reputation, bans and their persistence).
 
+mod award;
 mod handle;
 mod observer;
 mod provider;
@@ -31,8 +33,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use handle::MarketService;
 use handle::Command;
+pub use handle::MarketService;
 use provider::PendingBid;
 use requester::{Running, Task};
 

@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::FutureExt;
 use libp2p::PeerId;
 
@@ -17,14 +16,12 @@ use crate::market::kinds::{self, TaskKind, TaskParams};
 use crate::market::task::{AttemptError, Fault, Lifecycle, Next, TaskStatus};
 use crate::market::view::{AttemptView, BidView, TaskRequest, TaskView};
 use crate::market::wire::{
-    self, AUCTIONS_TOPIC, Announcement, AuctionId, AuctionType, Award, Bid, NEUTRAL_WEIGHT,
-    Output, RESULTS_TOPIC, Refusal, Request, Signed, TaskResult, TaskSpec, now_ms, open, sign,
+    AUCTIONS_TOPIC, Announcement, AuctionId, AuctionType, Bid, NEUTRAL_WEIGHT, Output, Refusal,
+    Signed, TaskResult, TaskSpec, now_ms, open, sign,
 };
-use crate::p2p::Market;
-use crate::payments::PaymentsError;
 
 /// What the requester is waiting for in an auction.
-enum Phase {
+pub(super) enum Phase {
     Bidding,
     Awarded {
         winner: PeerId,
@@ -55,12 +52,12 @@ impl Phase {
 
 /// An auction this node runs.
 pub(super) struct Running {
-    task: AuctionId,
+    pub(super) task: AuctionId,
     /// The announcement as signed and published, embedded byte for byte in the award.
-    signed: Signed<Announcement>,
-    book: AuctionBook,
-    announced_at: Instant,
-    phase: Phase,
+    pub(super) signed: Signed<Announcement>,
+    pub(super) book: AuctionBook,
+    pub(super) announced_at: Instant,
+    pub(super) phase: Phase,
 }
 
 /// A task of this node.
@@ -85,7 +82,7 @@ pub(super) struct Task {
 }
 
 impl Task {
-    fn log(&mut self, event: String) {
+    pub(super) fn log(&mut self, event: String) {
         self.timeline.push((now_ms(), event));
     }
 
@@ -109,22 +106,9 @@ impl Task {
         }
     }
 
-    fn attempt(&mut self, auction: AuctionId) -> Option<&mut AttemptView> {
+    pub(super) fn attempt(&mut self, auction: AuctionId) -> Option<&mut AttemptView> {
         let id = auction.to_string();
         self.attempts.iter_mut().rev().find(|a| a.auction_id == id)
-    }
-}
-
-/// Whether a failed escrow lock was this node's side (its wallet, its payments service)
-/// rather than the winner's answer.
-fn escrow_failed_ours(e: &PaymentsError) -> bool {
-    match e {
-        PaymentsError::Refused(_) | PaymentsError::Pending(_) => false,
-        PaymentsError::Channel(_)
-        | PaymentsError::UnknownChannel
-        | PaymentsError::Ledger(_)
-        | PaymentsError::Stopped
-        | PaymentsError::Busy => true,
     }
 }
 
@@ -361,8 +345,8 @@ impl MarketActor {
         let limit = Duration::from_millis(self.config.verify_timeout_ms);
         let output = result.body.output;
         self.jobs.spawn(async move {
-            let check = std::panic::AssertUnwindSafe(kinds::verify(spec, output, &content))
-                .catch_unwind();
+            let check =
+                std::panic::AssertUnwindSafe(kinds::verify(spec, output, &content)).catch_unwind();
             let result = match tokio::time::timeout(limit, check).await {
                 Err(_) => Err(AttemptError::VerifyTimeout),
                 Ok(Err(_panic)) => Err(AttemptError::VerifyFailed),
@@ -375,169 +359,6 @@ impl MarketActor {
             }
         });
         Ok(())
-    }
-
-    /// The bid window closed: award the winner (lock its price in escrow, then send the
-    /// award), or fail the attempt without bids.
-    pub(super) fn close_auction(&mut self, auction: AuctionId) {
-        let Some(running) = self.running.get_mut(&auction) else {
-            return;
-        };
-        let announcement = running.book.announcement().clone();
-        let auction_type = announcement.auction_type.label();
-        let Some(selection) = running.book.select() else {
-            self.metrics.auction(auction_type, "failed");
-            let detail = format!(
-                "no provider bid at or below max_price {} within {} ms. A provider bids only \
-                 while it has a free worker and its own price for the task (its base_price, \
-                 10 by default, plus its unit_price per unit of work) is at most max_price: \
-                 try a higher max price, or check that providers offer this kind",
-                announcement.max_price, self.config.bid_window_ms
-            );
-            self.attempt_failed_because(auction, AttemptError::NoBids, detail);
-            return;
-        };
-        self.metrics
-            .auction_closed_after(running.announced_at.elapsed().as_secs_f64());
-        self.metrics.auction(auction_type, "closed");
-        let winner = selection.winner.bid.body.bidder;
-        let award = Award {
-            announcement: running.signed.clone(),
-            winner_bid: selection.winner.bid.clone(),
-            runner_up_bid: selection.runner_up.as_ref().map(|e| e.bid.clone()),
-            price: selection.price,
-            winner_weight: selection.winner.weight,
-            runner_up_weight: selection
-                .runner_up
-                .as_ref()
-                .map_or(NEUTRAL_WEIGHT, |e| e.weight),
-        };
-        running.phase = Phase::Awarded {
-            winner,
-            price: selection.price,
-            awarded_at: Instant::now(),
-        };
-        let task = running.task;
-        let signed = sign(&self.key, award);
-        self.record_observed(&signed.body);
-        if let Some(t) = self.tasks.get_mut(&task) {
-            if let Some(a) = t.attempt(auction) {
-                a.winner = Some(winner.to_string());
-                a.price = Some(selection.price);
-            }
-            t.log(format!(
-                "auction {auction} closed: {winner} wins at {}",
-                selection.price
-            ));
-        }
-        // The award goes to the winner first, then to everyone as the auction's result (so
-        // the winner's copy does not queue behind the gossip).
-        let p2p = self.p2p.clone();
-        let award = signed.bytes.clone();
-        let winner_expires_ms = selection.winner.bid.body.expires_at_ms;
-        let frame = Request::Award(signed.bytes).encode();
-        let limit = Duration::from_millis(self.config.award_timeout_ms);
-        // The price is locked in escrow before the award goes out: the winner checks it
-        // before executing. It may be refunded once the task's time is up.
-        let payments = self.payments.clone();
-        let escrow = escrow_id(&self.local, auction);
-        let price = selection.price;
-        let kind = TaskKind::of(&announcement.task).label();
-        let expires_at_ms = now_ms() + self.config.escrow_ttl_ms(announcement.execution_timeout_ms);
-        self.jobs.spawn(async move {
-            // Locking and delivering share the award's time limit, so the result deadline
-            // (award + execution time) leaves the winner its whole execution time.
-            let started = tokio::time::Instant::now();
-            let locked = tokio::time::timeout(
-                limit,
-                payments.lock(winner, escrow, price, expires_at_ms, kind),
-            )
-            .await;
-            let refused = match locked {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some((
-                    AttemptError::EscrowFailed {
-                        ours: escrow_failed_ours(&e),
-                    },
-                    e.to_string(),
-                )),
-                Err(_) => Some((
-                    AttemptError::EscrowFailed { ours: false },
-                    "the lock was not countersigned in time".to_owned(),
-                )),
-            };
-            if let Some(error) = refused {
-                return Job::AwardDelivered {
-                    auction,
-                    task,
-                    award,
-                    result: Err(error),
-                };
-            }
-            let limit = limit.saturating_sub(started.elapsed());
-            // A winner may refuse an award sent after its bid expired.
-            let late = now_ms() > winner_expires_ms;
-            let deliver = async {
-                // The bid's connection may have closed since: find the winner again.
-                p2p.connect(winner)
-                    .await
-                    .map_err(crate::p2p::RequestError::Failed)?;
-                p2p.request::<Market>(winner, frame).await
-            };
-            let refused = AttemptError::AwardRefused { late };
-            let result = match tokio::time::timeout(limit, deliver).await {
-                Err(_) => Err((AttemptError::Unreachable, "no answer in time".to_owned())),
-                Ok(Err(e)) => Err((AttemptError::Unreachable, e.to_string())),
-                Ok(Ok(bytes)) => match wire::decode_response(&bytes) {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(reason)) => Err((refused, reason)),
-                    Err(e) => Err((refused, e.to_string())),
-                },
-            };
-            Job::AwardDelivered {
-                auction,
-                task,
-                award,
-                result,
-            }
-        });
-        let deadline = Duration::from_millis(
-            u64::from(self.config.execution_timeout_ms) + self.config.award_timeout_ms,
-        );
-        self.jobs
-            .spawn(after(deadline, Timer::ResultDeadline(auction)));
-    }
-
-    pub(super) fn award_delivered(
-        &mut self,
-        auction: AuctionId,
-        task: AuctionId,
-        award: Bytes,
-        result: Result<(), (AttemptError, String)>,
-    ) {
-        match result {
-            Ok(()) => {
-                // Losers and observers learn the outcome once the winner took the award.
-                self.publish(RESULTS_TOPIC, award);
-                // The result may already be in: log into the task, not the auction.
-                if let Some(t) = self.tasks.get_mut(&task) {
-                    t.log(format!("award accepted (auction {auction})"));
-                }
-            }
-            Err((error, detail)) => {
-                if self.awaiting_result(auction) {
-                    tracing::debug!(%auction, error = error.label(), detail, "award not accepted");
-                    self.attempt_failed_because(auction, error, detail);
-                }
-            }
-        }
-    }
-
-    fn awaiting_result(&self, auction: AuctionId) -> bool {
-        matches!(
-            self.running.get(&auction).map(|r| &r.phase),
-            Some(Phase::Awarded { .. })
-        )
     }
 
     pub(super) fn result_deadline(&mut self, auction: AuctionId) {
@@ -597,7 +418,12 @@ impl MarketActor {
 
     /// An attempt failed with `error` (`detail` says why, in words). The winner, if any, is
     /// refunded and left out of the task's next auction, and blamed if it was its fault.
-    fn attempt_failed_because(&mut self, auction: AuctionId, error: AttemptError, detail: String) {
+    pub(super) fn attempt_failed_because(
+        &mut self,
+        auction: AuctionId,
+        error: AttemptError,
+        detail: String,
+    ) {
         let Some(running) = self.running.remove(&auction) else {
             return;
         };
