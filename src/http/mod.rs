@@ -7,12 +7,12 @@
 //! Every error answers an [`ApiError`] body, `{"error": "..."}`; every list endpoint answers
 //! a [`Page`], `{"total", "offset", "items"}`, and takes `?offset=&limit=`.
 //!
-//! - [`error`]: the error body, and the one parser of ids;
-//! - [`guards`]: the `Host` check, the token, the body limit and the request timeout;
-//! - [`server`]: binding, and the accept loop with its connection caps;
-//! - one module per resource with its handlers: `node` (health, readiness, node info),
-//!   `content`, `market` (tasks, reputation), `payments` (wallet, channels), `peers` (peers,
-//!   dial, blocklist), `sd` (service discovery) and [`metrics`](mod@metrics) (`/metrics`).
+//! Inside: `error` (the error body, and the one parser of ids), `guards` (the `Host` check,
+//! the token, the body limit and the request timeout), `server` (binding, and the accept loop
+//! with its connection caps), `page` (the list shape), and one module per resource with its
+//! handlers: `node` (health, readiness, node info), `content`, `market` (tasks, reputation),
+//! `payments` (wallet, channels), `peers` (peers, dial, blocklist), `sd` (service discovery)
+//! and `metrics` (`/metrics`, and the metrics-only listener's app).
 
 mod content;
 mod error;
