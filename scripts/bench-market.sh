@@ -137,7 +137,7 @@ fetch_tasks() {
             page="$dir/${NAMES[i]}-$offset.json"
             api "http://${HTTPS[i]}/api/v1/tasks?offset=$offset&limit=500" |
                 jq -c --arg node "${NAMES[i]}" --arg peer "${PEERS[i]}" \
-                    '{node: $node, requester: $peer, tasks: .tasks}' >"$page"
+                    '{node: $node, requester: $peer, tasks: .items}' >"$page"
             n="$(jq '.tasks | length' "$page")"
             oldest="$(jq '.tasks[-1].submitted_ms // 0' "$page")"
             ((n == 500 && oldest >= t0)) || break
@@ -157,11 +157,11 @@ fetch_peers() {
     rm -rf -- "$dir"
     mkdir -p "$dir"
     for i in "${!NAMES[@]}"; do
-        api "http://${HTTPS[i]}/api/v1/peers" |
+        api "http://${HTTPS[i]}/api/v1/peers?limit=500" |
             jq -c --arg from "${PEERS[i]}" --arg node "${NAMES[i]}" '
                 {node: $node,
-                 connected: [.peers[] | select(.connected)] | length,
-                 rtts: [.peers[] | select(.connected and .rtt_last_ms != null)
+                 connected: [.items[] | select(.connected)] | length,
+                 rtts: [.items[] | select(.connected and .rtt_last_ms != null)
                         | {from: $from, to: .peer_id, rtt: .rtt_last_ms}]}' \
                 >"$dir/${NAMES[i]}.json"
     done

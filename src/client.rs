@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::http::Page;
 use crate::identity::TOKEN_FILE;
-use crate::market::{PeerReputation, TaskPage, TaskRequest, TaskStatus, TaskView};
+use crate::market::{PeerReputation, TaskRequest, TaskStatus, TaskView};
 use crate::node::NODE_INFO_FILE;
-use crate::payments::{ChannelPage, ChannelView, WalletView};
+use crate::payments::{ChannelView, WalletView};
 
 /// Why a call to a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,16 @@ pub enum ClientError {
         /// The file.
         path: String,
         /// What went wrong.
+        reason: String,
+    },
+    /// An API address that is not `host:port` or an `http(s)://` URL without a path.
+    #[error(
+        "`{address}` is not a node's API address: {reason}; write host:port or a URL, e.g. 127.0.0.1:9464 or http://127.0.0.1:9464"
+    )]
+    BadAddress {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// The node could not be reached.
@@ -61,11 +72,6 @@ struct Submitted {
     id: String,
 }
 
-#[derive(Deserialize)]
-struct Reputation {
-    peers: Vec<PeerReputation>,
-}
-
 impl Client {
     /// A client of the API at `base` (e.g. `http://127.0.0.1:9464`), with the API token for
     /// state-changing calls.
@@ -78,6 +84,16 @@ impl Client {
                 .build()
                 .expect("a plain HTTP client builds"),
         }
+    }
+
+    /// A client of the API at `address`, `host:port` (plain HTTP) or an `http://` or
+    /// `https://` URL without a path, as a user types it after `--api`.
+    pub fn from_address(address: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let base = api_base(address).map_err(|reason| ClientError::BadAddress {
+            address: address.to_owned(),
+            reason,
+        })?;
+        Ok(Self::new(base.as_str(), token))
     }
 
     /// A client of the node running with `data_dir`: the address from its `node.json`, the
@@ -154,16 +170,22 @@ impl Client {
     }
 
     /// A page of tasks, newest first.
-    pub async fn tasks(&self, offset: usize, limit: usize) -> Result<TaskPage, ClientError> {
+    pub async fn tasks(&self, offset: usize, limit: usize) -> Result<Page<TaskView>, ClientError> {
         let url = format!("{}/api/v1/tasks?offset={offset}&limit={limit}", self.base);
         self.call(self.http.get(url)).await
     }
 
-    /// The node's reputation records.
-    pub async fn reputation(&self) -> Result<Vec<PeerReputation>, ClientError> {
-        let url = format!("{}/api/v1/reputation", self.base);
-        let r: Reputation = self.call(self.http.get(url)).await?;
-        Ok(r.peers)
+    /// A page of the node's reputation records, most recently updated first.
+    pub async fn reputation(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<PeerReputation>, ClientError> {
+        let url = format!(
+            "{}/api/v1/reputation?offset={offset}&limit={limit}",
+            self.base
+        );
+        self.call(self.http.get(url)).await
     }
 
     /// The node's wallet.
@@ -173,7 +195,11 @@ impl Client {
     }
 
     /// A page of the node's channels, newest first.
-    pub async fn channels(&self, offset: usize, limit: usize) -> Result<ChannelPage, ClientError> {
+    pub async fn channels(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<ChannelView>, ClientError> {
         let url = format!(
             "{}/api/v1/channels?offset={offset}&limit={limit}",
             self.base
@@ -220,6 +246,34 @@ impl Client {
         let body = serde_json::json!({ "unilateral": unilateral });
         self.call(self.http.post(url).json(&body)).await
     }
+}
+
+/// The base URL of the API at `address`: `host:port` means plain HTTP; a URL must be
+/// `http` or `https`, with a host and without a path, query or fragment.
+fn api_base(address: &str) -> Result<url::Url, String> {
+    let address = address.trim();
+    let url = if address.contains("://") {
+        url::Url::parse(address)
+    } else {
+        url::Url::parse(&format!("http://{address}"))
+    }
+    .map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "the scheme is `{}`, not http or https",
+            url.scheme()
+        ));
+    }
+    if url.host().is_none() {
+        return Err("there is no host".into());
+    }
+    let has_path = url
+        .path_segments()
+        .is_some_and(|mut s| s.any(|segment| !segment.is_empty()));
+    if has_path || url.query().is_some() || url.fragment().is_some() {
+        return Err("an API address has no path (the client adds /api/v1/...)".into());
+    }
+    Ok(url)
 }
 
 /// Counts of a load run, and latencies of finished tasks.
@@ -349,6 +403,35 @@ pub async fn run_load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_addresses_may_omit_the_scheme() {
+        for (given, base) in [
+            ("127.0.0.1:9464", "http://127.0.0.1:9464"),
+            (" localhost:9464 ", "http://localhost:9464"),
+            ("http://127.0.0.1:9464/", "http://127.0.0.1:9464"),
+            ("https://node.example", "https://node.example"),
+            ("[::1]:9464", "http://[::1]:9464"),
+        ] {
+            let client = Client::from_address(given, None).unwrap();
+            assert_eq!(client.base(), base, "{given}");
+        }
+    }
+
+    #[test]
+    fn a_bad_api_address_says_what_is_wrong_and_what_to_write() {
+        for (given, why) in [
+            ("ftp://127.0.0.1:21", "the scheme is `ftp`"),
+            ("127.0.0.1:notaport", "invalid port"),
+            ("http://127.0.0.1:9464/api/v1", "no path"),
+            ("", "empty host"),
+        ] {
+            let e = Client::from_address(given, None).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{}`", given)), "{e}");
+            assert!(e.contains(why), "{given}: {e}");
+            assert!(e.contains("e.g. 127.0.0.1:9464"), "{e}");
+        }
+    }
 
     #[test]
     fn quantiles_use_the_nearest_rank() {

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use zerostate::client::{Client, run_load};
 use zerostate::config::{Config, LogConfig, LogFormat, Overrides};
+use zerostate::http::Page;
 use zerostate::identity;
 use zerostate::market::wire::AuctionType;
 use zerostate::market::{TaskParams, TaskRequest};
@@ -40,7 +41,7 @@ enum Command {
     #[command(subcommand)]
     Task(TaskCommand),
     /// Show a running node's reputation of the peers that executed its tasks.
-    Reputation(ApiArgs),
+    Reputation(ListArgs),
     /// Submit tasks at a steady rate to running nodes and show progress and latency.
     Load(LoadArgs),
     /// Show a running node's wallet: its credit, what is in channels and locked in escrow.
@@ -88,12 +89,7 @@ enum ChannelCommand {
         unilateral: bool,
     },
     /// List the node's channels, newest first.
-    List {
-        #[command(flatten)]
-        api: ApiArgs,
-        #[command(flatten)]
-        page: PageArgs,
-    },
+    List(ListArgs),
     /// Show a channel: balances, locks, status.
     Show {
         #[command(flatten)]
@@ -115,12 +111,7 @@ enum TaskCommand {
         id: String,
     },
     /// List the node's tasks, newest first.
-    List {
-        #[command(flatten)]
-        api: ApiArgs,
-        #[command(flatten)]
-        page: PageArgs,
-    },
+    List(ListArgs),
 }
 
 /// Which page of a list to show.
@@ -130,8 +121,17 @@ struct PageArgs {
     #[arg(long, default_value_t = 0)]
     offset: usize,
     /// Show at most this many (1..=500).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 20)]
     limit: usize,
+}
+
+/// A list command: where the node's API is, and which page to show.
+#[derive(Args, Clone)]
+struct ListArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    page: PageArgs,
 }
 
 /// Where the node's API is.
@@ -141,8 +141,9 @@ struct ApiArgs {
     /// api-token file [default: zerostate-data].
     #[arg(long, value_name = "DIR", conflicts_with = "api")]
     data_dir: Option<PathBuf>,
-    /// The API's URL, e.g. http://127.0.0.1:9464 (instead of --data-dir).
-    #[arg(long, value_name = "URL")]
+    /// The API's address, e.g. 127.0.0.1:9464 or http://127.0.0.1:9464 (instead of
+    /// --data-dir).
+    #[arg(long, value_name = "ADDR")]
     api: Option<String>,
     /// The API token (for submitting); read from the data dir if not given.
     #[arg(
@@ -193,8 +194,9 @@ struct LoadArgs {
     /// [default: zerostate-data].
     #[arg(long, value_name = "DIR", conflicts_with = "api")]
     data_dir: Vec<PathBuf>,
-    /// API URL of a node to load (instead of --data-dir); repeat for several.
-    #[arg(long, value_name = "URL")]
+    /// API address of a node to load, e.g. 127.0.0.1:9464 (instead of --data-dir); repeat
+    /// for several.
+    #[arg(long, value_name = "ADDR")]
     api: Vec<String>,
     /// The API token for --api nodes.
     #[arg(
@@ -269,7 +271,7 @@ fn main() -> ExitCode {
         Command::Id(args) => print_id(args),
         Command::Keygen(args) => keygen(args),
         Command::Task(command) => run_client(task_command(command)),
-        Command::Reputation(api) => run_client(reputation(api)),
+        Command::Reputation(args) => run_client(reputation(args)),
         Command::Load(args) => run_client(load(args)),
         Command::Wallet(api) => {
             run_client(async move { print_json(&client(&api)?.wallet().await?) })
@@ -370,7 +372,7 @@ fn run_client(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> any
 
 fn client(api: &ApiArgs) -> anyhow::Result<Client> {
     match &api.api {
-        Some(url) => Ok(Client::new(url, api.token.clone())),
+        Some(address) => Client::from_address(address, api.token.clone()).context("invalid --api"),
         None => {
             let dir = api
                 .data_dir
@@ -453,6 +455,22 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a page as JSON on stdout and, on stderr, how many `what` come after it and how to
+/// see them.
+fn print_page<T: serde::Serialize>(page: &Page<T>, what: &str) -> anyhow::Result<()> {
+    print_json(page)?;
+    let remaining = page.remaining();
+    if remaining > 0 {
+        let next = page.offset + page.items.len();
+        eprintln!(
+            "{} of {} {what} shown; {remaining} more: add --offset {next}",
+            page.items.len(),
+            page.total
+        );
+    }
+    Ok(())
+}
+
 async fn task_command(command: TaskCommand) -> anyhow::Result<()> {
     match command {
         TaskCommand::Submit(args) => {
@@ -462,9 +480,10 @@ async fn task_command(command: TaskCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TaskCommand::Show { api, id } => print_json(&client(&api)?.task(&id).await?),
-        TaskCommand::List { api, page } => {
-            print_json(&client(&api)?.tasks(page.offset, page.limit).await?)
-        }
+        TaskCommand::List(ListArgs { api, page }) => print_page(
+            &client(&api)?.tasks(page.offset, page.limit).await?,
+            "tasks",
+        ),
     }
 }
 
@@ -488,15 +507,19 @@ async fn channel_command(command: ChannelCommand) -> anyhow::Result<()> {
             id,
             unilateral,
         } => print_json(&client(&api)?.close_channel(&id, unilateral).await?),
-        ChannelCommand::List { api, page } => {
-            print_json(&client(&api)?.channels(page.offset, page.limit).await?)
-        }
+        ChannelCommand::List(ListArgs { api, page }) => print_page(
+            &client(&api)?.channels(page.offset, page.limit).await?,
+            "channels",
+        ),
         ChannelCommand::Show { api, id } => print_json(&client(&api)?.channel(&id).await?),
     }
 }
 
-async fn reputation(api: ApiArgs) -> anyhow::Result<()> {
-    print_json(&client(&api)?.reputation().await?)
+async fn reputation(ListArgs { api, page }: ListArgs) -> anyhow::Result<()> {
+    print_page(
+        &client(&api)?.reputation(page.offset, page.limit).await?,
+        "reputation records",
+    )
 }
 
 async fn load(args: LoadArgs) -> anyhow::Result<()> {
@@ -507,8 +530,9 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let clients: Vec<Client> = if !args.api.is_empty() {
         args.api
             .iter()
-            .map(|u| Client::new(u, args.token.clone()))
-            .collect()
+            .map(|a| Client::from_address(a, args.token.clone()))
+            .collect::<Result<_, _>>()
+            .context("invalid --api")?
     } else {
         let dirs = if args.data_dir.is_empty() {
             vec![Config::default().data_dir]

@@ -321,7 +321,7 @@ pub async fn start_with_executor(
     if let Some(metrics_listener) = metrics_listener {
         tasks.spawn(http::serve(
             metrics_listener,
-            http::metrics_router(registry.clone()),
+            http::metrics_only_router(registry.clone()),
             config.api.clone(),
             http_metrics.clone(),
             cancel.clone(),

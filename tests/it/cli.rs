@@ -313,3 +313,124 @@ fn devnet_commands_refuse_to_run_while_another_holds_the_devnet() {
     holder.kill().unwrap();
     holder.wait().unwrap();
 }
+
+/// A node running in this process (on the returned runtime's threads) while the test runs
+/// the binary against it; nobody bids on its tasks.
+fn node_in_process(dir: &std::path::Path) -> (tokio::runtime::Runtime, zerostate::NodeHandle) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = crate::common::test_config(dir, vec![]);
+    config.market.provider.kinds.clear();
+    let node = runtime.block_on(crate::common::start(config));
+    (runtime, node)
+}
+
+#[test]
+fn api_takes_host_and_port_without_a_scheme_and_explains_a_bad_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, node) = node_in_process(&dir.path().join("node"));
+    let addr = node.http_addr().to_string();
+
+    let out = zerostate(&["wallet", "--api", &addr], &[], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let wallet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(wallet["available"].is_u64(), "{wallet}");
+
+    for (bad, why) in [
+        (
+            format!("ftp://{addr}"),
+            "the scheme is `ftp`, not http or https",
+        ),
+        (format!("{addr}/api/v1"), "has no path"),
+        ("127.0.0.1:port".to_owned(), "invalid port"),
+    ] {
+        let out = zerostate(&["wallet", "--api", &bad], &[], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: {stderr}");
+        assert!(stderr.contains("invalid --api"), "{bad}: {stderr}");
+        assert!(stderr.contains(&format!("`{bad}`")), "{bad}: {stderr}");
+        assert!(stderr.contains(why), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("write host:port or a URL, e.g. 127.0.0.1:9464"),
+            "{bad}: {stderr}"
+        );
+    }
+    runtime.block_on(node.shutdown());
+}
+
+#[test]
+fn task_list_shows_20_by_default_and_says_how_many_more_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, node) = node_in_process(&dir.path().join("node"));
+    let addr = node.http_addr().to_string();
+    // 21 tasks: one through the CLI, the rest through the API.
+    let out = zerostate(
+        &[
+            "task",
+            "submit",
+            "--api",
+            &addr,
+            "--token",
+            node.api_token(),
+            "--kind",
+            "pow",
+            "--difficulty",
+            "4",
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        for _ in 0..20 {
+            let resp = http
+                .post(format!("http://{addr}/api/v1/tasks"))
+                .bearer_auth(node.api_token())
+                .json(&serde_json::json!({"kind": "pow", "difficulty": 4}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+        }
+    });
+    let list = |extra: &[&str]| {
+        let mut args = vec!["task", "list", "--api", &addr];
+        args.extend(extra);
+        let out = zerostate(&args, &[], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (page, stderr)
+    };
+
+    let (page, stderr) = list(&[]);
+    assert_eq!(page["total"], 21, "{page}");
+    assert_eq!(page["offset"], 0);
+    assert_eq!(page["items"].as_array().unwrap().len(), 20);
+    assert!(
+        stderr.contains("20 of 21 tasks shown; 1 more: add --offset 20"),
+        "{stderr}"
+    );
+
+    let (page, stderr) = list(&["--offset", "20"]);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["offset"], 20);
+    assert!(!stderr.contains("more"), "the last page: {stderr}");
+
+    let (page, stderr) = list(&["--limit", "5", "--offset", "3"]);
+    assert_eq!(page["items"].as_array().unwrap().len(), 5, "{page}");
+    assert!(
+        stderr.contains("5 of 21 tasks shown; 13 more: add --offset 8"),
+        "{stderr}"
+    );
+    runtime.block_on(node.shutdown());
+}

@@ -375,7 +375,7 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
     loop {
         // A channel of node 1 with no escrow left locked closes cooperatively.
         let page = cli(&["channel", "list"]);
-        let idle = page["channels"]
+        let idle = page["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -415,7 +415,7 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
         // (requester index, task) of every verified task.
         let mut verified = Vec::new();
         for (i, (_, client)) in clients.iter().enumerate() {
-            let tasks = client.tasks(0, 500).await.unwrap().tasks;
+            let tasks = client.tasks(0, 500).await.unwrap().items;
             verified.extend(
                 tasks
                     .into_iter()
@@ -435,7 +435,7 @@ async fn prometheus_scrapes_a_five_node_devnet_under_load() {
                 .filter(|(_, t)| t.winner.as_deref() == Some(peer.as_str()))
                 .filter_map(|(_, t)| t.price)
                 .sum();
-            let channels = client.channels(0, 500).await.unwrap().channels;
+            let channels = client.channels(0, 500).await.unwrap().items;
             let out: i128 = channels
                 .iter()
                 .map(|c| {

@@ -221,7 +221,7 @@ async fn connected(node: &zerostate::NodeHandle, peer: PeerId) {
 async fn peer_info(node: &zerostate::NodeHandle, peer: PeerId) -> Option<serde_json::Value> {
     let (_, body) = get(node, "/api/v1/peers").await;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v["peers"]
+    v["items"]
         .as_array()?
         .iter()
         .find(|p| p["peer_id"] == peer.to_string())

@@ -119,7 +119,134 @@ async fn oversized_body_gets_413() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.expect("a JSON error body");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("exceeds the limit of 65536 bytes (api.max_body_bytes)"),
+        "{error}"
+    );
     node.shutdown().await;
+}
+
+/// Status and JSON body of a request (the body must be JSON, whatever the status).
+async fn json_call(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text:?}"));
+    (status, body)
+}
+
+#[tokio::test]
+async fn every_error_body_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![]);
+    config.content.max_object_bytes = 1024;
+    let node = start(config).await;
+    let base = format!("http://{}", node.http_addr());
+    let http = reqwest::Client::new();
+
+    // An upload above content.max_object_bytes, refused before the body is read.
+    let (status, body) = json_call(
+        http.put(format!("{base}/api/v1/content"))
+            .bearer_auth(node.api_token())
+            .body(vec![7u8; 1025]),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        body["error"],
+        "the request body of 1025 bytes exceeds the limit of 1024 bytes (content.max_object_bytes)"
+    );
+    // At the limit it is stored.
+    let resp = http
+        .put(format!("{base}/api/v1/content"))
+        .bearer_auth(node.api_token())
+        .body(vec![7u8; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    // A path no route serves, and a method a route does not answer.
+    let (status, body) = json_call(http.get(format!("{base}/api/v1/nothing"))).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "no such endpoint: /api/v1/nothing");
+    let (status, body) = json_call(http.delete(format!("{base}/api/v1/wallet"))).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"], "/api/v1/wallet does not answer DELETE");
+    // A close with a body that is not JSON.
+    let (status, body) = json_call(
+        http.post(format!("{base}/api/v1/channels/{}/close", "ab".repeat(32)))
+            .bearer_auth(node.api_token())
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    node.shutdown().await;
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    k.sort_unstable();
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_endpoints_answer_one_page_shape() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Nobody bids: the task stays on its own, with no channel and no reputation record.
+    let nodes = start_network(&dirs, |c| c.market.provider.kinds.clear()).await;
+    let node = &nodes[0];
+    let base = format!("http://{}", node.http_addr());
+    let http = reqwest::Client::new();
+    let (status, _) = json_call(
+        http.post(format!("{base}/api/v1/tasks"))
+            .bearer_auth(node.api_token())
+            .json(&serde_json::json!({"kind": "pow", "difficulty": 4})),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    // One peer, one task, no channel, no reputation record yet.
+    for (list, total) in [
+        ("peers", 1),
+        ("tasks", 1),
+        ("channels", 0),
+        ("reputation", 0),
+    ] {
+        let (status, page) = json_call(http.get(format!("{base}/api/v1/{list}?limit=1"))).await;
+        assert_eq!(status, 200, "{list}: {page}");
+        assert_eq!(keys(&page), ["items", "offset", "total"], "{list}: {page}");
+        assert_eq!(page["total"], total, "{list}: {page}");
+        assert_eq!(page["offset"], 0, "{list}: {page}");
+        assert_eq!(page["items"].as_array().unwrap().len(), total, "{list}");
+
+        // Past the end: the total, and no items.
+        let (status, page) =
+            json_call(http.get(format!("{base}/api/v1/{list}?offset=1&limit=1"))).await;
+        assert_eq!(status, 200, "{list}: {page}");
+        assert_eq!(
+            (&page["total"], &page["offset"]),
+            (&total.into(), &1.into())
+        );
+        assert_eq!(page["items"], serde_json::json!([]), "{list}");
+
+        for bad in ["limit=0", "limit=501", "offset=minus"] {
+            let (status, body) = json_call(http.get(format!("{base}/api/v1/{list}?{bad}"))).await;
+            assert_eq!(status, 400, "{list}?{bad}: {body}");
+            assert!(body["error"].is_string(), "{list}?{bad}: {body}");
+        }
+    }
+    let (_, page) = json_call(http.get(format!("{base}/api/v1/peers"))).await;
+    assert_eq!(page["items"][0]["peer_id"], nodes[1].peer_id().to_string());
+    for n in nodes {
+        n.shutdown().await;
+    }
 }
 
 #[tokio::test]

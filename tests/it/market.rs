@@ -339,7 +339,7 @@ async fn a_lying_provider_is_caught_loses_reputation_and_stops_winning() {
     // at the first attempt.
     let (_, body) = get(&requester, "/api/v1/reputation").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let peers = v["peers"].as_array().unwrap();
+    let peers = v["items"].as_array().unwrap();
     let liar_rep = peers.iter().find(|p| p["peer_id"] == liar_id).unwrap();
     assert!(liar_rep["score"].as_f64().unwrap() < 0.2, "{liar_rep}");
     assert_eq!(liar_rep["banned"], true);
@@ -421,7 +421,7 @@ async fn the_task_api_needs_the_token_to_submit_and_says_what_is_wrong() {
     assert_eq!(status, 200);
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list["total"], 1);
-    assert_eq!(list["tasks"][0]["id"], id.as_str());
+    assert_eq!(list["items"][0]["id"], id.as_str());
     assert_eq!(get(&node, "/api/v1/tasks?limit=0").await.0, 400);
     assert_eq!(get(&node, "/api/v1/tasks/not-hex").await.0, 400);
     assert_eq!(

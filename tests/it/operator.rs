@@ -217,6 +217,8 @@ async fn a_metrics_only_listener_serves_metrics_and_nothing_else() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 404, "{path} is not served there");
+        let body: serde_json::Value = resp.json().await.expect("a JSON 404");
+        assert_eq!(body["error"], format!("no such endpoint: {path}"));
     }
     // Port 0 in announce_url is the metrics listener's port.
     assert_eq!(targets(&sd(&node).await), [metrics.to_string()]);
