@@ -120,26 +120,23 @@ impl Client {
         &self.base
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(
+    /// Sends `request` (with the token, if any); returns the status and body of a successful
+    /// answer.
+    async fn send(
         &self,
         request: reqwest::RequestBuilder,
-    ) -> Result<T, ClientError> {
+    ) -> Result<(u16, bytes::Bytes), ClientError> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             url: self.base.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            })?;
+        let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -150,10 +147,25 @@ impl Client {
                 message,
             });
         }
+        Ok((status.as_u16(), body))
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let (status, body) = self.send(request).await?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Api {
-            status: status.as_u16(),
+            status,
             message: format!("unexpected answer: {e}"),
         })
+    }
+
+    /// Content by its id, from the node's cache or, with the token, fetched by the node from
+    /// the network and verified.
+    pub async fn content(&self, id: &str) -> Result<bytes::Bytes, ClientError> {
+        let url = format!("{}/api/v1/content/{id}", self.base);
+        Ok(self.send(self.http.get(url)).await?.1)
     }
 
     /// Submits a task; returns its id.

@@ -11,7 +11,7 @@ use zerostate::config::{Config, LogConfig, LogFormat, Overrides};
 use zerostate::http::Page;
 use zerostate::identity;
 use zerostate::market::wire::AuctionType;
-use zerostate::market::{TaskParams, TaskRequest};
+use zerostate::market::{ResultView, TaskParams, TaskRequest, TaskStatus};
 
 /// How long a graceful shutdown may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -112,6 +112,18 @@ enum TaskCommand {
     },
     /// List the node's tasks, newest first.
     List(ListArgs),
+    /// Print a task's verified result: a pow task's nonce, or a matmul task's product
+    /// (fetched through the node and saved with --out).
+    Result {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The task id (32 hex digits).
+        id: String,
+        /// Save the result to this file: the product's bytes (n·n little-endian u64, row-major),
+        /// or the nonce as text.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Which page of a list to show.
@@ -484,7 +496,44 @@ async fn task_command(command: TaskCommand) -> anyhow::Result<()> {
             &client(&api)?.tasks(page.offset, page.limit).await?,
             "tasks",
         ),
+        TaskCommand::Result { api, id, out } => task_result(&client(&api)?, &id, out).await,
     }
+}
+
+/// `task result`: the verified result, printed or saved.
+async fn task_result(client: &Client, id: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let task = client.task(id).await?;
+    let Some(result) = task.result else {
+        let why = match (task.status, task.error) {
+            (TaskStatus::Running, _) => "it is still running; try again when it ends".to_owned(),
+            (status, Some(error)) => format!("it ended `{}`: {error}", status.label()),
+            (status, None) => format!("it ended `{}`", status.label()),
+        };
+        anyhow::bail!("task {id} has no verified result: {why}");
+    };
+    match (result, out) {
+        (ResultView::Nonce(nonce), None) => println!("{nonce}"),
+        (ResultView::Nonce(nonce), Some(path)) => {
+            std::fs::write(&path, format!("{nonce}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote the nonce {nonce} to {}", path.display());
+        }
+        (ResultView::Product(cid), None) => {
+            println!("{cid}");
+            eprintln!("the product's content id; add --out FILE to save its bytes");
+        }
+        (ResultView::Product(cid), Some(path)) => {
+            let bytes = client.content(&cid).await?;
+            std::fs::write(&path, &bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "wrote the product {cid} ({} bytes: n·n little-endian u64, row-major) to {}",
+                bytes.len(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn channel_command(command: ChannelCommand) -> anyhow::Result<()> {

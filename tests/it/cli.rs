@@ -434,3 +434,106 @@ fn task_list_shows_20_by_default_and_says_how_many_more_exist() {
     );
     runtime.block_on(node.shutdown());
 }
+
+/// Runs the binary against `addr` with `args`; returns stdout, or panics with stderr.
+fn cli_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = zerostate(args, &[], dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "zerostate {args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn task_show_and_result_give_the_parameters_and_the_verified_answer() {
+    use zerostate::market::kinds::{Matrix, pow_verify};
+    use zerostate::market::wire::AuctionId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nodes = runtime.block_on(crate::common::start_network(&dirs, |c| {
+        crate::market::market_config(c, true)
+    }));
+    let requester = &nodes[0];
+    let addr = requester.http_addr().to_string();
+    let token = requester.api_token().to_owned();
+    let api = ["--api", addr.as_str(), "--token", token.as_str()];
+    let submit = |task: &[&str]| {
+        let mut args = vec!["task", "submit"];
+        args.extend(api);
+        args.extend(task);
+        let id = cli_ok(dir.path(), &args).trim().to_owned();
+        let parsed: AuctionId = id.parse().unwrap();
+        runtime.block_on(crate::market::finished(requester, parsed));
+        id
+    };
+
+    // pow: the nonce, and the parameters it answers.
+    let id = submit(&["--kind", "pow", "--difficulty", "8", "--input", "hello"]);
+    let mut args = vec!["task", "result", id.as_str()];
+    args.extend(api);
+    let nonce: u64 = cli_ok(dir.path(), &args).trim().parse().unwrap();
+    assert!(pow_verify(b"hello", 8, nonce));
+    let mut args = vec!["task", "show", id.as_str()];
+    args.extend(api);
+    let shown: serde_json::Value = serde_json::from_str(&cli_ok(dir.path(), &args)).unwrap();
+    assert_eq!(shown["status"], "success", "{shown}");
+    assert_eq!(shown["parameters"]["kind"], "pow", "{shown}");
+    assert_eq!(shown["parameters"]["difficulty"], 8, "{shown}");
+    assert_eq!(shown["parameters"]["input"], "hello", "{shown}");
+    assert_eq!(shown["result"]["nonce"], nonce, "{shown}");
+
+    // matmul: the product, fetched through the node, is A·B.
+    let id = submit(&["--kind", "matmul", "--n", "8"]);
+    let out = dir.path().join("product.bin");
+    let mut args = vec![
+        "task",
+        "result",
+        id.as_str(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(api);
+    cli_ok(dir.path(), &args);
+    let product = Matrix::from_bytes(8, &std::fs::read(&out).unwrap()).unwrap();
+    let mut args = vec!["task", "show", id.as_str()];
+    args.extend(api);
+    let shown: serde_json::Value = serde_json::from_str(&cli_ok(dir.path(), &args)).unwrap();
+    let client = zerostate::client::Client::new(&format!("http://{addr}"), Some(token.clone()));
+    let (a, b) = runtime.block_on(async {
+        let get = |key: &str| {
+            let id = shown["parameters"][key].as_str().unwrap().to_owned();
+            let client = client.clone();
+            async move { client.content(&id).await.unwrap() }
+        };
+        (get("a").await, get("b").await)
+    });
+    let (a, b) = (
+        Matrix::from_bytes(8, &a).unwrap(),
+        Matrix::from_bytes(8, &b).unwrap(),
+    );
+    let far = std::time::Instant::now() + Duration::from_secs(60);
+    assert_eq!(product, a.multiply(&b, far).unwrap());
+    let saved = zerostate::content_id::ContentId::of(&std::fs::read(&out).unwrap());
+    assert_eq!(shown["result"]["product"], saved.to_string(), "{shown}");
+
+    // Below every provider's price: the task fails, and says why with the numbers.
+    let id = submit(&["--kind", "pow", "--difficulty", "4", "--max-price", "5"]);
+    let mut args = vec!["task", "result", id.as_str()];
+    args.extend(api);
+    let out = zerostate(&args, &[], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for says in ["no verified result", "no_bids", "max_price 5", "base_price"] {
+        assert!(stderr.contains(says), "missing `{says}`: {stderr}");
+    }
+    runtime.block_on(async {
+        for node in nodes {
+            node.shutdown().await;
+        }
+    });
+}
