@@ -181,7 +181,7 @@ pub async fn start_with_executor(
     if !config.http_is_loopback() {
         tracing::warn!(%http_addr, "HTTP API is reachable from other hosts; state-changing calls still need the token");
     }
-    let metrics_listener = match config.metrics_listen() {
+    let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             NodeError::Http(std::io::Error::new(
                 e.kind(),
