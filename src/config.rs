@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::p2p::announce::MetricsUrl;
 
+pub use crate::config_value::{ConfigValueError, DAY_MS, DAY_SECS, GIB, MANY, in_range};
 pub use crate::content::{CacheConfig, ContentConfig, VerifyOnRead};
 pub use crate::http::ApiConfig;
 pub use crate::market::{MarketConfig, ProviderConfig, ReputationConfig};
@@ -210,66 +210,6 @@ pub enum ConfigError {
         hint: Hint,
     },
 }
-
-/// A section's value that fails its check: the full dotted key and what is wrong, including
-/// the allowed range or values. [`Config::validate`] adds where the value came from.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value for `{key}`: {message}")]
-pub struct ConfigValueError {
-    /// The full dotted key, e.g. `market.bid_window_ms`.
-    pub key: &'static str,
-    /// What is wrong and what is allowed.
-    pub message: String,
-}
-
-impl ConfigValueError {
-    /// The error of `key`.
-    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            key,
-            message: message.into(),
-        }
-    }
-
-    /// The refusal of the whole configuration, naming where the value came from.
-    pub fn from_source(self, origin: Source) -> ConfigError {
-        ConfigError::Value {
-            key: self.key.to_owned(),
-            origin,
-            message: self.message,
-        }
-    }
-}
-
-/// Checks that `key`'s `value` lies in `range`; the error gives the value and the range,
-/// e.g. "0 is out of range: use a value from 1 to 60000".
-pub fn in_range<T: PartialOrd + std::fmt::Display>(
-    key: &'static str,
-    value: T,
-    range: RangeInclusive<T>,
-) -> Result<(), ConfigValueError> {
-    if range.contains(&value) {
-        return Ok(());
-    }
-    Err(ConfigValueError::new(
-        key,
-        format!(
-            "{value} is out of range: use a value from {} to {}",
-            range.start(),
-            range.end()
-        ),
-    ))
-}
-
-/// Ceiling of durations in milliseconds: a day, far beyond any sensible value. Every number
-/// has a floor and a ceiling, so no setting can overflow the arithmetic that uses it.
-pub const DAY_MS: u64 = 24 * 3600 * 1000;
-/// Ceiling of durations in seconds: a day.
-pub const DAY_SECS: u64 = 24 * 3600;
-/// Ceiling of counts (connections, peers): 2^20.
-pub const MANY: u32 = 1 << 20;
-/// Ceiling of byte sizes held in memory at once: 1 GiB.
-pub const GIB: u64 = 1 << 30;
 
 /// Where a key's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -518,9 +458,10 @@ impl Config {
 
     /// [`Config::validate`], naming where the refused value came from by `sources`.
     pub fn validate_from(&self, sources: &Sources) -> Result<(), ConfigError> {
-        self.check().map_err(|e| {
-            let origin = sources.of(e.key);
-            e.from_source(origin)
+        self.check().map_err(|e| ConfigError::Value {
+            key: e.key.to_owned(),
+            origin: sources.of(e.key),
+            message: e.message,
         })
     }
 
@@ -731,33 +672,6 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
         None => {
             table.insert(key.to_owned(), value);
         }
-    }
-}
-
-/// An optional socket address as a string, empty for none (so that the key has a value in
-/// `config/default.toml` and an environment variable).
-pub(crate) mod optional_socket_addr {
-    use std::net::SocketAddr;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
-
-    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
-        match addr {
-            Some(addr) => s.collect_str(addr),
-            None => s.serialize_str(""),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.trim().is_empty() {
-            return Ok(None);
-        }
-        s.trim().parse().map(Some).map_err(|_| {
-            D::Error::custom(format!(
-                "`{s}` is not an address and port, e.g. 0.0.0.0:9465 (or empty for none)"
-            ))
-        })
     }
 }
 

@@ -26,7 +26,7 @@ use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::AtomicU64;
 
-use crate::config::{ConfigValueError, in_range};
+use crate::config_value::{ConfigValueError, in_range};
 use crate::content_id::{ContentId, Mismatch};
 
 /// When reads re-verify content against its id.

@@ -17,7 +17,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigValueError, DAY_MS, GIB, in_range};
+use crate::config_value::{ConfigValueError, DAY_MS, GIB, in_range};
 use crate::content_id::ContentId;
 use crate::metrics::{OutcomeLabels, ReasonLabels};
 

@@ -111,8 +111,8 @@ impl MarketConfig {
     }
 
     /// Checks the ranges; the error names the key and the allowed values.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigValueError> {
-        use crate::config::{ConfigValueError, DAY_MS, in_range};
+    pub fn validate(&self) -> Result<(), crate::config_value::ConfigValueError> {
+        use crate::config_value::{ConfigValueError, DAY_MS, in_range};
         use crate::payments::wire::MAX_LOCK_TTL_MS;
         let bid_window = self.bid_window_ms;
         in_range(

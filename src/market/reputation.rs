@@ -52,8 +52,8 @@ impl Default for ReputationConfig {
 
 impl ReputationConfig {
     /// Checks the ranges; the message names the key.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigValueError> {
-        use crate::config::{ConfigValueError, in_range};
+    pub fn validate(&self) -> Result<(), crate::config_value::ConfigValueError> {
+        use crate::config_value::{ConfigValueError, in_range};
         in_range("market.reputation.max_gain", self.max_gain, 0.0..=1.0)?;
         let penalty = self.failure_penalty;
         in_range("market.reputation.failure_penalty", penalty, 0.0..=1.0)?;

@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::config::{ConfigValueError, in_range};
+use crate::config_value::{ConfigValueError, in_range};
 
 pub use capped::CappedKeys;
 pub use process::ProcessCollector;
@@ -51,7 +51,7 @@ pub struct MetricsConfig {
     pub max_channel_series: usize,
     /// A second address serving `/metrics` only (e.g. `0.0.0.0:9465`, for a Prometheus on
     /// another host), so that the API can stay on 127.0.0.1; empty (`None`): none.
-    #[serde(with = "crate::config::optional_socket_addr")]
+    #[serde(with = "crate::config_value::optional_socket_addr")]
     pub listen: Option<SocketAddr>,
     /// The URL of this node's `/metrics` that it announces to its peers, so that their
     /// `GET /api/v1/sd` lists it; empty: nothing is announced. The host must be an IP address

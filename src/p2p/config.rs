@@ -7,7 +7,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigValueError, DAY_MS, DAY_SECS, MANY, in_range};
+use crate::config_value::{ConfigValueError, DAY_MS, DAY_SECS, MANY, in_range};
 
 /// Connection limits (see `libp2p::connection_limits`). Bootstrap peers bypass them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -70,8 +70,8 @@ impl Default for PaymentsConfig {
 
 impl PaymentsConfig {
     /// Checks ranges; the error names the key.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigValueError> {
-        use crate::config::in_range;
+    pub fn validate(&self) -> Result<(), crate::config_value::ConfigValueError> {
+        use crate::config_value::in_range;
         let max = wire::MAX_AMOUNT;
         in_range("payments.initial_credit", self.initial_credit, 0..=max)?;
         in_range("payments.channel_deposit", self.channel_deposit, 1..=max)?;

@@ -1,4 +1,5 @@
-//! The layering of DESIGN: base types and metrics depend on nothing of the crate; p2p on
+//! The layering of DESIGN: base types (including `config_value`, the checks every config
+//! section shares) depend on nothing of the crate, metrics only on `config_value`; p2p on
 //! neither the services, the config aggregate, http nor node; services on p2p and lower
 //! services; http, config and node on anything. And the module graph has no cycle.
 
@@ -58,13 +59,15 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
 /// What each module may import (modules not listed: nothing of the crate).
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
-        "content_id" | "metrics" | "health" => &[],
+        "content_id" | "health" | "config_value" => &[],
         "identity" | "clock" | "ledger" => &[],
-        "p2p" => &["content_id", "metrics"],
-        "content" => &["content_id", "metrics", "p2p"],
-        "payments" => &["clock", "ledger", "metrics", "p2p"],
+        "metrics" => &["config_value"],
+        "p2p" => &["config_value", "content_id", "metrics"],
+        "content" => &["config_value", "content_id", "metrics", "p2p"],
+        "payments" => &["clock", "config_value", "ledger", "metrics", "p2p"],
         "market" => &[
             "clock",
+            "config_value",
             "content",
             "content_id",
             "ledger",
