@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::p2p::announce::MetricsUrl;
 
+pub use crate::config_value::{ConfigValueError, DAY_MS, DAY_SECS, GIB, MANY, in_range};
 pub use crate::content::{CacheConfig, ContentConfig, VerifyOnRead};
 pub use crate::http::ApiConfig;
 pub use crate::market::{MarketConfig, ProviderConfig, ReputationConfig};
@@ -39,6 +40,41 @@ impl Default for LogConfig {
             filter: "info".into(),
             format: LogFormat::Text,
         }
+    }
+}
+
+impl LogConfig {
+    /// Checks that `filter` is a `tracing` filter.
+    pub fn validate(&self) -> Result<(), ConfigValueError> {
+        tracing_subscriber::EnvFilter::try_new(&self.filter)
+            .map(drop)
+            .map_err(|e| ConfigValueError::new("log.filter", format!("not a tracing filter: {e}")))
+    }
+}
+
+/// The `[api]` section's check. (It lives here, with the other keys' checks, because the
+/// section's type belongs to the HTTP server.)
+impl ApiConfig {
+    /// Checks the ranges of the timeouts, connection caps and body size.
+    pub fn validate(&self) -> Result<(), ConfigValueError> {
+        in_range(
+            "api.header_read_timeout_ms",
+            self.header_read_timeout_ms,
+            1..=DAY_MS,
+        )?;
+        in_range(
+            "api.request_timeout_ms",
+            self.request_timeout_ms,
+            1..=DAY_MS,
+        )?;
+        in_range(
+            "api.max_connections",
+            self.max_connections,
+            1..=MANY as usize,
+        )?;
+        let per_ip = self.max_connections_per_ip;
+        in_range("api.max_connections_per_ip", per_ip, 1..=MANY as usize)?;
+        in_range("api.max_body_bytes", self.max_body_bytes, 1..=GIB as usize)
     }
 }
 
@@ -135,7 +171,7 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The config file is not valid TOML, or names an unknown key.
+    /// The config file is not valid TOML.
     #[error("config file {path}: {message}")]
     File {
         /// The file.
@@ -143,36 +179,155 @@ pub enum ConfigError {
         /// The parser's message (with line and column).
         message: String,
     },
-    /// A key has a value of the wrong type or shape.
+    /// The config file names a key that does not exist.
+    #[error("config file {path}: unknown key `{key}`; {hint}")]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The unknown key, e.g. `api.max_conns`.
+        key: String,
+        /// The closest known key, or where the keys are listed.
+        hint: Hint,
+    },
+    /// A key has a value of the wrong type or shape, or out of range.
     #[error("invalid value for `{key}` (from {origin}): {message}")]
     Value {
         /// The key path, e.g. `api.max_connections`.
         key: String,
         /// Where the value came from.
-        origin: String,
-        /// What is wrong.
+        origin: Source,
+        /// What is wrong, with the allowed values.
         message: String,
     },
     /// An environment variable starts with `ZEROSTATE_` but names no key.
-    #[error(
-        "unknown environment variable {var}: no config key `{guess}`; known variables: {known}"
-    )]
+    #[error("unknown environment variable {var}: no config key `{guess}`; {hint}")]
     UnknownEnv {
         /// The variable.
         var: String,
         /// The key it would set.
         guess: String,
-        /// The variables that exist.
-        known: String,
+        /// The closest known variable, or where the variables are listed.
+        hint: Hint,
     },
-    /// A value parsed but fails a semantic check.
-    #[error("invalid value for `{key}`: {message}")]
-    Invalid {
-        /// The key path.
-        key: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
+}
+
+/// Where a key's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Set nowhere: the built-in default (or a value set in code).
+    Default,
+    /// The config file.
+    File(PathBuf),
+    /// A `ZEROSTATE_*` environment variable.
+    Env(String),
+    /// A command-line flag, named without its dashes.
+    Flag(&'static str),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("the default"),
+            Self::File(path) => write!(f, "config file {}", path.display()),
+            Self::Env(var) => write!(f, "environment variable {var}"),
+            Self::Flag(name) => write!(f, "flag --{name}"),
+        }
+    }
+}
+
+/// Where each key's value came from; a key not listed has its default.
+#[derive(Debug, Clone, Default)]
+pub struct Sources(BTreeMap<String, Source>);
+
+impl Sources {
+    /// Records that `key` was set by `source` (a later source replaces an earlier one).
+    pub fn set(&mut self, key: &str, source: Source) {
+        self.0.insert(key.to_owned(), source);
+    }
+
+    /// Where `key`'s value came from. A path below a key (`listen[1]`) has the key's source.
+    pub fn of(&self, key: &str) -> Source {
+        let mut key = key;
+        loop {
+            if let Some(source) = self.0.get(key) {
+                return source.clone();
+            }
+            match key.rfind(['.', '[']) {
+                Some(end) => key = &key[..end],
+                None => return Source::Default,
+            }
+        }
+    }
+}
+
+/// What to tell the user about a name that does not exist: the closest one, the ones below
+/// it, or where all of them are listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// A known name a typo away.
+    DidYouMean(String),
+    /// The name is a section; these are its names.
+    Section(Vec<String>),
+    /// Nothing close.
+    SeeDefaults,
+}
+
+impl Hint {
+    /// The hint for `unknown` among `known`: the closest name within a few edits, else the
+    /// names that `unknown` is a prefix of (followed by `separator`), else the file listing
+    /// them all.
+    fn for_name<'a>(
+        unknown: &str,
+        known: impl IntoIterator<Item = &'a String> + Clone,
+        separator: char,
+    ) -> Self {
+        let closest = known
+            .clone()
+            .into_iter()
+            .map(|name| (strsim::levenshtein(unknown, name), name))
+            .min();
+        // A quarter of the name, at least 2 edits: `BOOTSTRAPS` -> `BOOTSTRAP`, not `LOG` -> `HTTP`.
+        let tolerance = (unknown.len() / 4).max(2);
+        if let Some((distance, name)) = closest
+            && distance <= tolerance
+        {
+            return Self::DidYouMean(name.clone());
+        }
+        let section = format!("{unknown}{separator}");
+        let below: Vec<String> = known
+            .into_iter()
+            .filter(|name| name.starts_with(&section))
+            .cloned()
+            .collect();
+        if below.is_empty() {
+            Self::SeeDefaults
+        } else {
+            Self::Section(below)
+        }
+    }
+}
+
+impl Hint {
+    /// The hint with `prefix` before every name.
+    fn prefixed(self, prefix: &str) -> Self {
+        match self {
+            Self::DidYouMean(name) => Self::DidYouMean(format!("{prefix}{name}")),
+            Self::Section(names) => {
+                Self::Section(names.into_iter().map(|n| format!("{prefix}{n}")).collect())
+            }
+            Self::SeeDefaults => Self::SeeDefaults,
+        }
+    }
+}
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DidYouMean(name) => write!(f, "did you mean {name}?"),
+            Self::Section(names) => write!(f, "it is a section; set one of {}", names.join(", ")),
+            Self::SeeDefaults => f.write_str("config/default.toml lists every key"),
+        }
+    }
 }
 
 /// Values given on the command line; `None`/empty means "not given".
@@ -193,39 +348,52 @@ const NON_KEY_ENV: &[&str] = &["ZEROSTATE_CONFIG", "ZEROSTATE_BIN"];
 
 impl Config {
     /// Loads the configuration: defaults, then `file` (if any), then `ZEROSTATE_*` variables
-    /// from `env`, then `flags`; and validates the result.
+    /// from `env`, then `flags`; and validates the result. Every refusal names the key and
+    /// where its value came from.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Overrides,
     ) -> Result<Self, ConfigError> {
         let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
-        let mut merged = defaults.clone();
-        // Where each key's value came from, for error messages.
-        let mut origin: BTreeMap<String, String> = BTreeMap::new();
+        let keys = flatten(&defaults);
+        let mut merged = defaults;
+        let mut sources = Sources::default();
 
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
                 source,
             })?;
-            // Parse into the typed struct first: this reports unknown keys and bad types with
-            // the line and column of the offending text.
-            toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
+            let file_error = |e: toml::de::Error| ConfigError::File {
                 path: path.to_owned(),
                 message: e.to_string().trim_end().to_owned(),
+            };
+            let table: toml::Table = toml::from_str(&text).map_err(file_error)?;
+            let flat = flatten(&table);
+            if let Some(key) = flat.keys().find(|k| is_unknown_key(k, &keys)) {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_owned(),
+                    key: key.clone(),
+                    hint: Hint::for_name(key, keys.keys(), '.'),
+                });
+            }
+            // Parse into the typed struct too: this reports bad values with their key, line
+            // and column.
+            let typed = toml::Deserializer::parse(&text).map_err(file_error)?;
+            serde_path_to_error::deserialize::<_, Config>(typed).map_err(|e| {
+                ConfigError::Value {
+                    key: e.path().to_string(),
+                    origin: Source::File(path.to_owned()),
+                    message: e.inner().to_string().trim_end().to_owned(),
+                }
             })?;
-            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
-                path: path.to_owned(),
-                message: e.to_string().trim_end().to_owned(),
-            })?;
-            for (key, value) in flatten(&table) {
-                origin.insert(key.clone(), format!("config file {}", path.display()));
+            for (key, value) in flat {
+                sources.set(&key, Source::File(path.to_owned()));
                 set_path(&mut merged, &key, value);
             }
         }
 
-        let keys = flatten(&defaults);
         let env_names: BTreeMap<String, String> =
             keys.keys().map(|k| (env_name(k), k.clone())).collect();
         for (var, raw) in env {
@@ -233,19 +401,25 @@ impl Config {
                 continue;
             }
             let Some(key) = env_names.get(&var) else {
+                // Compared without the prefix, which every name shares.
+                let name = &var[ENV_PREFIX.len()..];
+                let known: Vec<String> = env_names
+                    .keys()
+                    .map(|v| v[ENV_PREFIX.len()..].to_owned())
+                    .collect();
                 return Err(ConfigError::UnknownEnv {
-                    guess: var[ENV_PREFIX.len()..].to_lowercase(),
+                    guess: name.to_lowercase(),
+                    hint: Hint::for_name(name, &known, '_').prefixed(ENV_PREFIX),
                     var,
-                    known: env_names.keys().cloned().collect::<Vec<_>>().join(", "),
                 });
             };
             let value = env_value(&keys[key], &raw);
-            origin.insert(key.clone(), format!("environment variable {var}"));
+            sources.set(key, Source::Env(var));
             set_path(&mut merged, key, value);
         }
 
-        let mut flag = |key: &str, name: &str, value: toml::Value| {
-            origin.insert(key.to_owned(), format!("flag --{name}"));
+        let mut flag = |key: &str, name: &'static str, value: toml::Value| {
+            sources.set(key, Source::Flag(name));
             set_path(&mut merged, key, value);
         };
         if !flags.listen.is_empty() {
@@ -265,296 +439,82 @@ impl Config {
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
                 let key = e.path().to_string();
-                let from = origin
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| "defaults".into());
                 ConfigError::Value {
+                    origin: sources.of(&key),
                     key,
-                    origin: from,
                     message: without_location(&e.into_inner().to_string()),
                 }
             })?;
-        config.validate()?;
+        config.validate_from(&sources)?;
         Ok(config)
     }
 
-    /// Checks what the types alone do not: bootstrap addresses carry a peer id, limits are
-    /// positive, timeouts are non-zero.
+    /// Checks what the types alone do not (ranges, bootstrap peer ids, relations between
+    /// keys), section by section. A refusal names every value as coming from the defaults;
+    /// [`Config::load`] names the file, variable or flag instead.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: key.to_owned(),
-            message,
-        };
+        self.validate_from(&Sources::default())
+    }
+
+    /// [`Config::validate`], naming where the refused value came from by `sources`.
+    pub fn validate_from(&self, sources: &Sources) -> Result<(), ConfigError> {
+        self.check().map_err(|e| ConfigError::Value {
+            key: e.key.to_owned(),
+            origin: sources.of(e.key),
+            message: e.message,
+        })
+    }
+
+    /// Every section's check, then the top-level keys'.
+    fn check(&self) -> Result<(), ConfigValueError> {
+        self.log.validate()?;
+        self.limits.validate()?;
+        self.discovery.validate()?;
+        self.api.validate()?;
+        self.monitor.validate()?;
+        self.cache.validate()?;
+        self.content.validate()?;
+        self.metrics.validate()?;
+        self.market.validate()?;
+        self.payments.validate()?;
+        self.check_top_level()
+    }
+
+    /// The keys outside sections, and `metrics.announce_url`, which depends on one of them
+    /// (`allow_private_addrs`).
+    fn check_top_level(&self) -> Result<(), ConfigValueError> {
         if self.listen.is_empty() {
-            return Err(invalid(
+            return Err(ConfigValueError::new(
                 "listen",
-                "at least one listen address is needed, e.g. /ip4/0.0.0.0/tcp/4001".into(),
+                "at least one listen address is needed, e.g. /ip4/0.0.0.0/tcp/4001",
             ));
         }
-        for addr in &self.listen {
-            if !addr
+        if let Some(addr) = self.listen.iter().find(|addr| {
+            !addr
                 .iter()
                 .any(|p| matches!(p, Protocol::Tcp(_) | Protocol::QuicV1))
-            {
-                return Err(invalid(
-                    "listen",
-                    format!(
-                        "{addr} is neither TCP nor QUIC; use /ip4/<ip>/tcp/<port> or /ip4/<ip>/udp/<port>/quic-v1"
-                    ),
-                ));
-            }
+        }) {
+            return Err(ConfigValueError::new(
+                "listen",
+                format!(
+                    "{addr} is neither TCP nor QUIC; use /ip4/<ip>/tcp/<port> or /ip4/<ip>/udp/<port>/quic-v1"
+                ),
+            ));
         }
         for addr in &self.bootstrap {
-            bootstrap_peer_id(addr).map_err(|message| invalid("bootstrap", message))?;
-        }
-        // (key, value, least, most): every number has a floor and a ceiling, so no setting
-        // can overflow the arithmetic that uses it (a day for durations is far beyond any
-        // sensible value).
-        const DAY_MS: u64 = 24 * 3600 * 1000;
-        const DAY_SECS: u64 = 24 * 3600;
-        const MANY: u64 = 1 << 20;
-        const GIB: u64 = 1 << 30;
-        let l = &self.limits;
-        let d = &self.discovery;
-        let a = &self.api;
-        let m = &self.monitor;
-        let c = &self.content;
-        let ranges: &[(&str, u64, u64, u64)] = &[
-            (
-                "limits.max_pending_incoming",
-                l.max_pending_incoming.into(),
-                1,
-                MANY,
-            ),
-            (
-                "limits.max_pending_incoming_per_ip",
-                l.max_pending_incoming_per_ip.into(),
-                1,
-                MANY,
-            ),
-            (
-                "limits.max_pending_outgoing",
-                l.max_pending_outgoing.into(),
-                1,
-                MANY,
-            ),
-            (
-                "limits.max_established_incoming",
-                l.max_established_incoming.into(),
-                1,
-                MANY,
-            ),
-            (
-                "limits.max_established_outgoing",
-                l.max_established_outgoing.into(),
-                1,
-                MANY,
-            ),
-            (
-                "limits.max_established_total",
-                l.max_established_total.into(),
-                1,
-                MANY,
-            ),
-            (
-                "limits.max_established_per_peer",
-                l.max_established_per_peer.into(),
-                1,
-                MANY,
-            ),
-            (
-                "limits.idle_connection_timeout_secs",
-                l.idle_connection_timeout_secs,
-                1,
-                DAY_SECS,
-            ),
-            (
-                "limits.handshake_timeout_ms",
-                l.handshake_timeout_ms,
-                100,
-                DAY_MS,
-            ),
-            (
-                "discovery.bootstrap_backoff_initial_ms",
-                d.bootstrap_backoff_initial_ms,
-                1,
-                DAY_MS,
-            ),
-            (
-                "discovery.bootstrap_backoff_max_ms",
-                d.bootstrap_backoff_max_ms,
-                1,
-                DAY_MS,
-            ),
-            (
-                "discovery.random_walk_interval_secs",
-                d.random_walk_interval_secs,
-                1,
-                DAY_SECS,
-            ),
-            (
-                "discovery.kad_query_timeout_secs",
-                d.kad_query_timeout_secs,
-                1,
-                DAY_SECS,
-            ),
-            (
-                "api.header_read_timeout_ms",
-                a.header_read_timeout_ms,
-                1,
-                DAY_MS,
-            ),
-            ("api.request_timeout_ms", a.request_timeout_ms, 1, DAY_MS),
-            ("api.max_connections", a.max_connections as u64, 1, MANY),
-            (
-                "api.max_connections_per_ip",
-                a.max_connections_per_ip as u64,
-                1,
-                MANY,
-            ),
-            ("api.max_body_bytes", a.max_body_bytes as u64, 1, GIB),
-            ("monitor.ping_interval_ms", m.ping_interval_ms, 1, DAY_MS),
-            ("monitor.ping_timeout_ms", m.ping_timeout_ms, 1, DAY_MS),
-            ("monitor.suspect_after_ms", m.suspect_after_ms, 1, DAY_MS),
-            ("monitor.dead_after_ms", m.dead_after_ms, 1, DAY_MS),
-            ("monitor.expire_after_ms", m.expire_after_ms, 1, DAY_MS),
-            (
-                "monitor.suspect_after_failures",
-                m.suspect_after_failures.into(),
-                1,
-                MANY,
-            ),
-            (
-                "monitor.dead_after_failures",
-                m.dead_after_failures.into(),
-                1,
-                MANY,
-            ),
-            ("monitor.max_peers", m.max_peers as u64, 1, MANY),
-            ("cache.max_bytes", self.cache.max_bytes, 1, 1 << 40),
-            (
-                "cache.max_entries",
-                self.cache.max_entries as u64,
-                1,
-                1 << 32,
-            ),
-            ("content.max_object_bytes", c.max_object_bytes, 1, GIB),
-            ("content.fetch_timeout_ms", c.fetch_timeout_ms, 1, DAY_MS),
-            ("content.max_candidates", c.max_candidates as u64, 1, 1024),
-            (
-                "content.request_timeout_ms",
-                c.request_timeout_ms,
-                1,
-                DAY_MS,
-            ),
-            ("content.hedge_after_ms", c.hedge_after_ms, 1, DAY_MS),
-            (
-                "content.max_parallel_requests",
-                c.max_parallel_requests as u64,
-                1,
-                64,
-            ),
-            (
-                "content.max_buffered_bytes",
-                c.max_buffered_bytes,
-                1,
-                64 * GIB,
-            ),
-        ];
-        for &(key, value, least, most) in ranges {
-            if value < least || value > most {
-                return Err(invalid(
-                    key,
-                    format!("{value} is out of range: use a value from {least} to {most}"),
-                ));
-            }
-        }
-        if l.max_pending_incoming_per_ip >= l.max_pending_incoming {
-            return Err(invalid(
-                "limits.max_pending_incoming_per_ip",
-                "must be smaller than limits.max_pending_incoming, so one address cannot take every slot".into(),
-            ));
-        }
-        if c.max_buffered_bytes < c.max_object_bytes {
-            return Err(invalid(
-                "content.max_buffered_bytes",
-                "must be at least content.max_object_bytes, or no object could be received".into(),
-            ));
-        }
-        if self.discovery.bootstrap_backoff_max_ms < self.discovery.bootstrap_backoff_initial_ms {
-            return Err(invalid(
-                "discovery.bootstrap_backoff_max_ms",
-                "must not be smaller than discovery.bootstrap_backoff_initial_ms".into(),
-            ));
-        }
-        if !(m.suspect_after_ms <= m.dead_after_ms && m.dead_after_ms < m.expire_after_ms) {
-            return Err(invalid(
-                "monitor.dead_after_ms",
-                "need suspect_after_ms <= dead_after_ms < expire_after_ms".into(),
-            ));
-        }
-        if m.dead_after_failures < m.suspect_after_failures {
-            return Err(invalid(
-                "monitor.dead_after_failures",
-                "must not be smaller than monitor.suspect_after_failures".into(),
-            ));
+            bootstrap_peer_id(addr)
+                .map_err(|message| ConfigValueError::new("bootstrap", message))?;
         }
         if !self.api_token.is_empty() && self.api_token.len() < 16 {
-            return Err(invalid(
+            return Err(ConfigValueError::new(
                 "api_token",
-                "must be at least 16 characters (or empty, to generate one)".into(),
-            ));
-        }
-        if !(1..=100_000).contains(&self.metrics.max_peer_series) {
-            return Err(invalid(
-                "metrics.max_peer_series",
-                format!(
-                    "{} is out of range: use a value from 1 to 100000",
-                    self.metrics.max_peer_series
-                ),
-            ));
-        }
-        if !(1..=100_000).contains(&self.metrics.max_channel_series) {
-            return Err(invalid(
-                "metrics.max_channel_series",
-                format!(
-                    "{} is out of range: use a value from 1 to 100000",
-                    self.metrics.max_channel_series
-                ),
-            ));
-        }
-        self.market
-            .validate()
-            .map_err(|(key, message)| invalid(key, message))?;
-        self.payments
-            .validate()
-            .map_err(|(key, message)| invalid(key, message))?;
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
-            return Err(invalid("log.filter", format!("not a tracing filter: {e}")));
-        }
-        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "metrics.listen",
-                format!(
-                    "`{}` is not an address and port, e.g. 0.0.0.0:9465 (or empty for none)",
-                    self.metrics.listen
-                ),
-            ));
-        }
-        if !(1..=10_000).contains(&self.metrics.max_sd_targets) {
-            return Err(invalid(
-                "metrics.max_sd_targets",
-                format!(
-                    "{} is out of range: use a value from 1 to 10000",
-                    self.metrics.max_sd_targets
-                ),
+                "must be at least 16 characters (or empty, to generate one)",
             ));
         }
         if !self.metrics.announce_url.is_empty() {
             MetricsUrl::parse_own(&self.metrics.announce_url, self.allow_private_addrs).map_err(
                 |e| {
-                    invalid(
+                    ConfigValueError::new(
                         "metrics.announce_url",
                         format!(
                             "`{}`: {e}; give the http://<ip>:<port>/metrics address peers' Prometheus can reach, e.g. http://<public IP>:0/metrics (port 0: the port /metrics is served on)",
@@ -565,12 +525,6 @@ impl Config {
             )?;
         }
         Ok(())
-    }
-
-    /// The address of the `/metrics`-only server (`metrics.listen`), if any. Valid after
-    /// [`Config::validate`].
-    pub fn metrics_listen(&self) -> Option<SocketAddr> {
-        self.metrics.listen.parse().ok()
     }
 
     /// The metrics endpoint to announce (`metrics.announce_url`), its port 0 replaced by
@@ -625,6 +579,18 @@ pub fn bootstrap_peer_id(addr: &Multiaddr) -> Result<PeerId, String> {
             "{addr} does not end in /p2p/<peer id>; append the peer id of the bootstrap node (`zerostate id` prints it)"
         )),
     }
+}
+
+/// Whether a key of the config file is unknown: neither a key, nor a section of keys, nor
+/// below a key (`http.port` below `http` is left to the typed parse, which names the type the
+/// key wants).
+fn is_unknown_key(key: &str, known: &BTreeMap<String, toml::Value>) -> bool {
+    let section = format!("{key}.");
+    let is_section = known.keys().any(|k| k.starts_with(&section));
+    let below_known = key
+        .match_indices('.')
+        .any(|(end, _)| known.contains_key(&key[..end]));
+    !known.contains_key(key) && !is_section && !below_known
 }
 
 /// Drops the "in `key`" line the TOML deserializer appends (our message names the key).
@@ -795,6 +761,220 @@ mod tests {
     fn unknown_env_var_is_named() {
         let e = load(None, &[("ZEROSTATE_HTTP_PORT", "1")], Overrides::default()).unwrap_err();
         assert!(e.contains("ZEROSTATE_HTTP_PORT"), "{e}");
+        // Not the list of every variable.
+        assert!(!e.contains("ZEROSTATE_PAYMENTS_ACK_TIMEOUT_MS"), "{e}");
+    }
+
+    #[test]
+    fn a_mistyped_env_var_gets_a_suggestion() {
+        let typo = |var: &str| load(None, &[(var, "1")], Overrides::default()).unwrap_err();
+        let e = typo("ZEROSTATE_BOOTSTRAPS");
+        assert!(e.ends_with("did you mean ZEROSTATE_BOOTSTRAP?"), "{e}");
+        let e = typo("ZEROSTATE_API_MAX_CONECTIONS");
+        assert!(
+            e.ends_with("did you mean ZEROSTATE_API_MAX_CONNECTIONS?"),
+            "{e}"
+        );
+        let e = typo("ZEROSTATE_MARKET_BID_WINDOW");
+        assert!(
+            e.ends_with("did you mean ZEROSTATE_MARKET_BID_WINDOW_MS?"),
+            "{e}"
+        );
+        // A section names its variables; nothing close names the file that lists them.
+        let e = typo("ZEROSTATE_LOG");
+        assert!(
+            e.contains("ZEROSTATE_LOG_FILTER, ZEROSTATE_LOG_FORMAT") && !e.contains("mean"),
+            "{e}"
+        );
+        let e = typo("ZEROSTATE_COLOUR_SCHEME");
+        assert!(e.ends_with("config/default.toml lists every key"), "{e}");
+    }
+
+    #[test]
+    fn a_mistyped_file_key_gets_a_suggestion() {
+        let e = load(
+            Some("[api]\nmax_conections = 4\n"),
+            &[],
+            Overrides::default(),
+        );
+        let e = e.unwrap_err();
+        assert!(
+            e.contains("unknown key `api.max_conections`")
+                && e.ends_with("did you mean api.max_connections?"),
+            "{e}"
+        );
+        // A table where a value belongs is left to the typed parse, which names the type.
+        let e = load(Some("log = \"debug\"\n"), &[], Overrides::default()).unwrap_err();
+        assert!(e.contains("LogConfig"), "{e}");
+    }
+
+    /// A section's refusal: its full key and the allowed range.
+    fn refuses(result: Result<(), ConfigValueError>, key: &str, allowed: &str) {
+        let e = result.unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(allowed), "{e}");
+    }
+
+    #[test]
+    fn each_section_refuses_an_out_of_range_value_naming_its_key() {
+        let limits = LimitsConfig {
+            max_established_total: 0,
+            ..Default::default()
+        };
+        let key = "limits.max_established_total";
+        refuses(
+            limits.validate(),
+            key,
+            "0 is out of range: use a value from 1 to 1048576",
+        );
+        let discovery = DiscoveryConfig {
+            kad_query_timeout_secs: DAY_SECS + 1,
+            ..Default::default()
+        };
+        let key = "discovery.kad_query_timeout_secs";
+        refuses(discovery.validate(), key, "from 1 to 86400");
+        let monitor = MonitorConfig {
+            max_peers: 0,
+            ..Default::default()
+        };
+        refuses(monitor.validate(), "monitor.max_peers", "from 1 to 1048576");
+        let api = ApiConfig {
+            max_body_bytes: 0,
+            ..Default::default()
+        };
+        refuses(api.validate(), "api.max_body_bytes", "from 1 to 1073741824");
+        let log = LogConfig {
+            filter: "zerostate=loud".into(),
+            ..Default::default()
+        };
+        refuses(log.validate(), "log.filter", "not a tracing filter");
+        let cache = CacheConfig {
+            max_bytes: 0,
+            ..Default::default()
+        };
+        refuses(
+            cache.validate(),
+            "cache.max_bytes",
+            "from 1 to 1099511627776",
+        );
+        let content = ContentConfig {
+            max_parallel_requests: 65,
+            ..Default::default()
+        };
+        refuses(
+            content.validate(),
+            "content.max_parallel_requests",
+            "from 1 to 64",
+        );
+        let metrics = MetricsConfig {
+            max_sd_targets: 10_001,
+            ..Default::default()
+        };
+        refuses(
+            metrics.validate(),
+            "metrics.max_sd_targets",
+            "from 1 to 10000",
+        );
+        let metrics = MetricsConfig {
+            max_channel_series: 0,
+            ..Default::default()
+        };
+        refuses(
+            metrics.validate(),
+            "metrics.max_channel_series",
+            "from 1 to 100000",
+        );
+        let market = MarketConfig {
+            bid_window_ms: 0,
+            ..Default::default()
+        };
+        refuses(market.validate(), "market.bid_window_ms", "from 1 to 60000");
+        let mut market = MarketConfig::default();
+        market.provider.price_jitter_percent = 101;
+        let key = "market.provider.price_jitter_percent";
+        refuses(market.validate(), key, "from 0 to 100");
+        let reputation = ReputationConfig {
+            max_peers: 0,
+            ..Default::default()
+        };
+        let key = "market.reputation.max_peers";
+        refuses(reputation.validate(), key, "from 1 to 10000000");
+        let reputation = ReputationConfig {
+            max_gain: 1.5,
+            ..Default::default()
+        };
+        let key = "market.reputation.max_gain";
+        refuses(
+            reputation.validate(),
+            key,
+            "1.5 is out of range: use a value from 0 to 1",
+        );
+        let payments = PaymentsConfig {
+            challenge_secs: 0,
+            ..Default::default()
+        };
+        refuses(
+            payments.validate(),
+            "payments.challenge_secs",
+            "from 1 to 86400",
+        );
+    }
+
+    #[test]
+    fn an_out_of_range_value_names_where_it_came_from() {
+        let e = load(
+            Some("[payments]\nchallenge_secs = 0\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("invalid value for `payments.challenge_secs` (from config file ")
+                && e.contains("c.toml): 0 is out of range: use a value from 1 to 86400"),
+            "{e}"
+        );
+        // The environment wins over the file, and is named.
+        let env = [("ZEROSTATE_MARKET_BID_WINDOW_MS", "0")];
+        let file = Some("[market]\nbid_window_ms = 500\n");
+        let e = load(file, &env, Overrides::default()).unwrap_err();
+        assert_eq!(
+            e,
+            "invalid value for `market.bid_window_ms` (from environment variable ZEROSTATE_MARKET_BID_WINDOW_MS): 0 is out of range: use a value from 1 to 60000"
+        );
+        let flags = Overrides {
+            listen: vec!["/ip4/127.0.0.1/udp/4001".into()],
+            ..Default::default()
+        };
+        let e = load(None, &[], flags).unwrap_err();
+        assert!(
+            e.starts_with("invalid value for `listen` (from flag --listen): "),
+            "{e}"
+        );
+        // A value set nowhere is the default's, though another key's value refuses it.
+        let file = Some("[limits]\nmax_pending_incoming = 4\n");
+        let e = load(file, &[], Overrides::default()).unwrap_err();
+        assert!(
+            e.starts_with("invalid value for `limits.max_pending_incoming_per_ip` (from the default): must be smaller"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_optional_address() {
+        let env = [("ZEROSTATE_METRICS_LISTEN", "127.0.0.1:9465")];
+        let c = load(None, &env, Overrides::default()).unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
+        assert_eq!(Config::default().metrics.listen, None);
+        let e = load(
+            Some("[metrics]\nlisten = \"localhost\"\n"),
+            &[],
+            Overrides::default(),
+        );
+        let e = e.unwrap_err();
+        assert!(
+            e.contains("`metrics.listen`") && e.contains("`localhost` is not an address and port"),
+            "{e}"
+        );
     }
 
     #[test]

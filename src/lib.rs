@@ -8,6 +8,7 @@ pub mod actor;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod config_value;
 pub mod content;
 pub mod content_id;
 pub mod health;

@@ -26,7 +26,8 @@ use crate::market::{MarketDeps, MarketMetrics, MarketService};
 use crate::metrics;
 use crate::p2p::announce::MetricsUrl;
 use crate::p2p::{
-    self, EventLoop, MonitorMetrics, P2pError, P2pHandle, P2pMetrics, PeerMonitor, Routes,
+    self, EventLoop, FrameProtocol, MonitorMetrics, P2pError, P2pHandle, P2pMetrics, PeerMonitor,
+    Routes,
 };
 use crate::payments::wire::DISPUTES_TOPIC;
 use crate::payments::{PaymentMetrics, PaymentsService};
@@ -181,7 +182,7 @@ pub async fn start_with_executor(
     if !config.http_is_loopback() {
         tracing::warn!(%http_addr, "HTTP API is reachable from other hosts; state-changing calls still need the token");
     }
-    let metrics_listener = match config.metrics_listen() {
+    let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             NodeError::Http(std::io::Error::new(
                 e.kind(),
@@ -251,8 +252,11 @@ pub async fn start_with_executor(
     );
     let event_loop = event_loop.with_routes(Routes {
         content: Some(content_inbox),
-        market: Some(market_inbox),
-        channel: Some(channel_inbox),
+        frames: [
+            (FrameProtocol::Market, market_inbox),
+            (FrameProtocol::Channel, channel_inbox),
+        ]
+        .into(),
         gossip: [
             (AUCTIONS_TOPIC, market_gossip.clone()),
             (RESULTS_TOPIC, market_gossip),

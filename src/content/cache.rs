@@ -26,6 +26,7 @@ use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::AtomicU64;
 
+use crate::config_value::{ConfigValueError, in_range};
 use crate::content_id::{ContentId, Mismatch};
 
 /// When reads re-verify content against its id.
@@ -72,6 +73,14 @@ impl Default for CacheConfig {
             max_entries: 65_536,
             verify_on_read: VerifyOnRead::default(),
         }
+    }
+}
+
+impl CacheConfig {
+    /// Checks the ranges of the bounds.
+    pub fn validate(&self) -> Result<(), ConfigValueError> {
+        in_range("cache.max_bytes", self.max_bytes, 1..=1 << 40)?;
+        in_range("cache.max_entries", self.max_entries, 1..=1 << 32)
     }
 }
 

@@ -17,6 +17,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 
+use crate::config_value::{ConfigValueError, DAY_MS, GIB, in_range};
 use crate::content_id::ContentId;
 use crate::metrics::{OutcomeLabels, ReasonLabels};
 
@@ -55,6 +56,32 @@ impl Default for ContentConfig {
             max_parallel_requests: 4,
             max_buffered_bytes: 64 * 1024 * 1024,
         }
+    }
+}
+
+impl ContentConfig {
+    /// Checks the ranges, and that the receive budget holds at least one object.
+    pub fn validate(&self) -> Result<(), ConfigValueError> {
+        in_range("content.max_object_bytes", self.max_object_bytes, 1..=GIB)?;
+        for (key, value) in [
+            ("content.fetch_timeout_ms", self.fetch_timeout_ms),
+            ("content.request_timeout_ms", self.request_timeout_ms),
+            ("content.hedge_after_ms", self.hedge_after_ms),
+        ] {
+            in_range(key, value, 1..=DAY_MS)?;
+        }
+        in_range("content.max_candidates", self.max_candidates, 1..=1024)?;
+        let parallel = self.max_parallel_requests;
+        in_range("content.max_parallel_requests", parallel, 1..=64)?;
+        let buffered = self.max_buffered_bytes;
+        in_range("content.max_buffered_bytes", buffered, 1..=64 * GIB)?;
+        if self.max_buffered_bytes < self.max_object_bytes {
+            return Err(ConfigValueError::new(
+                "content.max_buffered_bytes",
+                "must be at least content.max_object_bytes, or no object could be received",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -117,111 +117,63 @@ impl MarketConfig {
             .saturating_add(service::ESCROW_SLACK_MS)
     }
 
-    /// Checks the ranges; the message names the key and the allowed values.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.bid_window_ms == 0 || self.bid_window_ms > wire::MAX_BID_WINDOW_MS {
-            return Err((
-                "market.bid_window_ms",
-                format!("must be 1..={} ms", wire::MAX_BID_WINDOW_MS),
-            ));
-        }
-        if !wire::EXECUTION_TIMEOUT_MS.contains(&self.execution_timeout_ms) {
-            return Err((
-                "market.execution_timeout_ms",
-                format!(
-                    "must be {}..={} ms",
-                    wire::EXECUTION_TIMEOUT_MS.start(),
-                    wire::EXECUTION_TIMEOUT_MS.end()
-                ),
-            ));
-        }
-        if !wire::PRICE.contains(&self.default_max_price) {
-            return Err(("market.default_max_price", "must be 1..=2^48".into()));
-        }
+    /// Checks the ranges; the error names the key and the allowed values.
+    pub fn validate(&self) -> Result<(), crate::config_value::ConfigValueError> {
+        use crate::config_value::{ConfigValueError, DAY_MS, in_range};
+        use crate::payments::wire::MAX_LOCK_TTL_MS;
+        let bid_window = self.bid_window_ms;
+        in_range(
+            "market.bid_window_ms",
+            bid_window,
+            1..=wire::MAX_BID_WINDOW_MS,
+        )?;
+        let execution = self.execution_timeout_ms;
+        in_range(
+            "market.execution_timeout_ms",
+            execution,
+            wire::EXECUTION_TIMEOUT_MS,
+        )?;
+        in_range(
+            "market.default_max_price",
+            self.default_max_price,
+            wire::PRICE,
+        )?;
+        in_range("market.award_timeout_ms", self.award_timeout_ms, 1..=DAY_MS)?;
+        in_range(
+            "market.verify_timeout_ms",
+            self.verify_timeout_ms,
+            1..=DAY_MS,
+        )?;
         // A task's escrow stays locked for all of its time limits; a lock may last a day.
         let escrow_ms = self.escrow_ttl_ms(self.execution_timeout_ms);
-        if escrow_ms > crate::payments::wire::MAX_LOCK_TTL_MS {
-            return Err((
+        if escrow_ms > MAX_LOCK_TTL_MS {
+            return Err(ConfigValueError::new(
                 "market.verify_timeout_ms",
                 format!(
                     "award_timeout_ms + execution_timeout_ms + verify_timeout_ms is {escrow_ms} ms; a task's escrow may be locked for at most {} ms, so lower them",
-                    crate::payments::wire::MAX_LOCK_TTL_MS - service::ESCROW_SLACK_MS
+                    MAX_LOCK_TTL_MS - service::ESCROW_SLACK_MS
                 ),
             ));
         }
-        const DAY_MS: u64 = 24 * 3600 * 1000;
-        let ranges: [(&'static str, u64, u64, u64); 8] = [
-            ("market.award_timeout_ms", self.award_timeout_ms, 1, DAY_MS),
-            (
-                "market.verify_timeout_ms",
-                self.verify_timeout_ms,
-                1,
-                DAY_MS,
-            ),
-            ("market.max_retries", self.max_retries.into(), 0, 100),
-            (
-                "market.max_running_tasks",
-                self.max_running_tasks as u64,
-                1,
-                100_000,
-            ),
-            (
-                "market.max_kept_tasks",
-                self.max_kept_tasks as u64,
-                1,
-                1_000_000,
-            ),
-            (
-                "market.provider.capacity",
-                self.provider.capacity as u64,
-                1,
-                1024,
-            ),
-            (
-                "market.reputation.ban_secs",
-                self.reputation.ban_secs,
-                0,
-                30 * 24 * 3600,
-            ),
-            (
-                "market.reputation.half_life_secs",
-                self.reputation.half_life_secs,
-                1,
-                365 * 24 * 3600,
-            ),
-        ];
-        for (key, value, least, most) in ranges {
-            if value < least || value > most {
-                return Err((
-                    key,
-                    format!("{value} is out of range: use a value from {least} to {most}"),
-                ));
-            }
-        }
+        in_range("market.max_retries", self.max_retries, 0..=100)?;
+        in_range(
+            "market.max_running_tasks",
+            self.max_running_tasks,
+            1..=100_000,
+        )?;
+        in_range("market.max_kept_tasks", self.max_kept_tasks, 1..=1_000_000)?;
         let p = &self.provider;
-        if p.base_price > 1 << 40 || p.unit_price > 1 << 40 {
-            return Err((
-                "market.provider.base_price",
-                "base_price and unit_price must be at most 2^40".into(),
-            ));
-        }
-        if let Some(k) = self
-            .provider
-            .kinds
-            .iter()
-            .find(|k| !KINDS.contains(&k.as_str()))
-        {
-            return Err((
+        in_range("market.provider.capacity", p.capacity, 1..=1024)?;
+        in_range("market.provider.base_price", p.base_price, 0..=1 << 40)?;
+        in_range("market.provider.unit_price", p.unit_price, 0..=1 << 40)?;
+        if let Some(k) = p.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
+            return Err(ConfigValueError::new(
                 "market.provider.kinds",
                 format!("unknown task kind `{k}`; the kinds are {KINDS:?}"),
             ));
         }
-        if self.provider.price_jitter_percent > 100 {
-            return Err((
-                "market.provider.price_jitter_percent",
-                "must be 0..=100".into(),
-            ));
-        }
+        let jitter = p.price_jitter_percent;
+        in_range("market.provider.price_jitter_percent", jitter, 0..=100)?;
         self.reputation.validate()
     }
 }

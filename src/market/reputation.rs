@@ -52,34 +52,40 @@ impl Default for ReputationConfig {
 
 impl ReputationConfig {
     /// Checks the ranges; the message names the key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let unit = |key, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err((key, format!("must be between 0 and 1, got {v}")))
-            }
-        };
-        unit("market.reputation.max_gain", self.max_gain)?;
-        unit("market.reputation.failure_penalty", self.failure_penalty)?;
-        unit("market.reputation.ban_threshold", self.ban_threshold)?;
+    pub fn validate(&self) -> Result<(), crate::config_value::ConfigValueError> {
+        use crate::config_value::{ConfigValueError, in_range};
+        in_range("market.reputation.max_gain", self.max_gain, 0.0..=1.0)?;
+        let penalty = self.failure_penalty;
+        in_range("market.reputation.failure_penalty", penalty, 0.0..=1.0)?;
+        in_range(
+            "market.reputation.ban_threshold",
+            self.ban_threshold,
+            0.0..=1.0,
+        )?;
         if self.ban_threshold >= NEUTRAL {
-            return Err((
+            return Err(ConfigValueError::new(
                 "market.reputation.ban_threshold",
-                "must be below the neutral score 0.5, or every new peer would be banned".into(),
+                "must be below the neutral score 0.5, or every new peer would be banned",
             ));
         }
-        if self.reference_price == 0
-            || self.reference_price > 1 << 48
-            || self.max_peers == 0
-            || self.max_peers > 10_000_000
-        {
-            return Err((
-                "market.reputation",
-                "reference_price must be 1..=2^48 and max_peers 1..=10000000".into(),
-            ));
-        }
-        Ok(())
+        in_range(
+            "market.reputation.ban_secs",
+            self.ban_secs,
+            0..=30 * 24 * 3600,
+        )?;
+        let half_life = self.half_life_secs;
+        in_range(
+            "market.reputation.half_life_secs",
+            half_life,
+            1..=365 * 24 * 3600,
+        )?;
+        let price = self.reference_price;
+        in_range("market.reputation.reference_price", price, 1..=1 << 48)?;
+        in_range(
+            "market.reputation.max_peers",
+            self.max_peers,
+            1..=10_000_000,
+        )
     }
 }
 

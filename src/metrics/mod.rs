@@ -10,10 +10,15 @@ mod capped;
 mod process;
 mod runtime;
 
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::config_value::{ConfigValueError, in_range};
 
 pub use capped::CappedKeys;
 pub use process::ProcessCollector;
@@ -45,8 +50,9 @@ pub struct MetricsConfig {
     /// removed, and the least recently active channel's to make room.
     pub max_channel_series: usize,
     /// A second address serving `/metrics` only (e.g. `0.0.0.0:9465`, for a Prometheus on
-    /// another host), so that the API can stay on 127.0.0.1; empty: none.
-    pub listen: String,
+    /// another host), so that the API can stay on 127.0.0.1; empty (`None`): none.
+    #[serde(with = "crate::config_value::optional_socket_addr")]
+    pub listen: Option<SocketAddr>,
     /// The URL of this node's `/metrics` that it announces to its peers, so that their
     /// `GET /api/v1/sd` lists it; empty: nothing is announced. The host must be an IP address
     /// peers accept; port 0 stands for the port `/metrics` is served on (`listen` if set,
@@ -61,10 +67,25 @@ impl Default for MetricsConfig {
         Self {
             max_peer_series: 100,
             max_channel_series: 100,
-            listen: String::new(),
+            listen: None,
             announce_url: String::new(),
             max_sd_targets: 256,
         }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks the caps on series and targets. (`announce_url` is checked with the top-level
+    /// keys: whether its host is acceptable depends on `allow_private_addrs`.)
+    pub fn validate(&self) -> Result<(), ConfigValueError> {
+        const SERIES: RangeInclusive<usize> = 1..=100_000;
+        in_range("metrics.max_peer_series", self.max_peer_series, SERIES)?;
+        in_range(
+            "metrics.max_channel_series",
+            self.max_channel_series,
+            SERIES,
+        )?;
+        in_range("metrics.max_sd_targets", self.max_sd_targets, 1..=10_000)
     }
 }
 

@@ -17,10 +17,7 @@ use prometheus_client::registry::Registry;
 use super::announce;
 use super::config::P2pConfig;
 use super::content_protocol::{CONTENT_PROTOCOL, ContentCodec};
-use super::frame_protocol::{
-    CHANNEL_PROTOCOL, FrameCodec, MARKET_PROTOCOL, MAX_CHANNEL_FRAME_BYTES,
-    MAX_MARKET_REQUEST_BYTES, MAX_MARKET_RESPONSE_BYTES,
-};
+use super::frame_protocol::{FrameCodec, FrameProtocol};
 use super::ip_limits::PendingPerIp;
 use super::providers::ProviderLimits;
 
@@ -225,29 +222,8 @@ impl Behaviour {
                 .with_max_concurrent_streams(32),
         );
 
-        let market = request_response::Behaviour::with_codec(
-            FrameCodec::new(
-                MAX_MARKET_REQUEST_BYTES,
-                MAX_MARKET_RESPONSE_BYTES,
-                malformed_market,
-            ),
-            [(MARKET_PROTOCOL, ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(10))
-                .with_max_concurrent_streams(64),
-        );
-
-        let channel = request_response::Behaviour::with_codec(
-            FrameCodec::new(
-                MAX_CHANNEL_FRAME_BYTES,
-                MAX_CHANNEL_FRAME_BYTES,
-                malformed_channel,
-            ),
-            [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(10))
-                .with_max_concurrent_streams(64),
-        );
+        let market = frame_behaviour(FrameProtocol::Market, malformed_market);
+        let channel = frame_behaviour(FrameProtocol::Channel, malformed_channel);
 
         Ok(Self {
             ip_limits: PendingPerIp::new(l.max_pending_incoming_per_ip, refused_pending),
@@ -266,4 +242,18 @@ impl Behaviour {
             gossipsub,
         })
     }
+}
+
+/// The request-response behaviour of a frame protocol.
+fn frame_behaviour(
+    protocol: FrameProtocol,
+    malformed: Counter,
+) -> request_response::Behaviour<FrameCodec> {
+    request_response::Behaviour::with_codec(
+        protocol.codec(malformed),
+        [(protocol.spec().protocol, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(10))
+            .with_max_concurrent_streams(64),
+    )
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
+use crate::config_value::{ConfigValueError, DAY_MS, DAY_SECS, MANY, in_range};
+
 /// Connection limits (see `libp2p::connection_limits`). Bootstrap peers bypass them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +51,49 @@ impl Default for LimitsConfig {
     }
 }
 
+impl LimitsConfig {
+    /// Checks the ranges, and that one address cannot take every pending slot.
+    pub fn validate(&self) -> Result<(), ConfigValueError> {
+        for (key, value) in [
+            ("limits.max_pending_incoming", self.max_pending_incoming),
+            (
+                "limits.max_pending_incoming_per_ip",
+                self.max_pending_incoming_per_ip,
+            ),
+            ("limits.max_pending_outgoing", self.max_pending_outgoing),
+            (
+                "limits.max_established_incoming",
+                self.max_established_incoming,
+            ),
+            (
+                "limits.max_established_outgoing",
+                self.max_established_outgoing,
+            ),
+            ("limits.max_established_total", self.max_established_total),
+            (
+                "limits.max_established_per_peer",
+                self.max_established_per_peer,
+            ),
+        ] {
+            in_range(key, value, 1..=MANY)?;
+        }
+        let idle = self.idle_connection_timeout_secs;
+        in_range("limits.idle_connection_timeout_secs", idle, 1..=DAY_SECS)?;
+        in_range(
+            "limits.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            100..=DAY_MS,
+        )?;
+        if self.max_pending_incoming_per_ip >= self.max_pending_incoming {
+            return Err(ConfigValueError::new(
+                "limits.max_pending_incoming_per_ip",
+                "must be smaller than limits.max_pending_incoming, so one address cannot take every slot",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Discovery settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +116,43 @@ impl Default for DiscoveryConfig {
             random_walk_interval_secs: 30,
             kad_query_timeout_secs: 30,
         }
+    }
+}
+
+impl DiscoveryConfig {
+    /// Checks the ranges, and that the backoff's ceiling is not below its start.
+    pub fn validate(&self) -> Result<(), ConfigValueError> {
+        for (key, value, most) in [
+            (
+                "discovery.bootstrap_backoff_initial_ms",
+                self.bootstrap_backoff_initial_ms,
+                DAY_MS,
+            ),
+            (
+                "discovery.bootstrap_backoff_max_ms",
+                self.bootstrap_backoff_max_ms,
+                DAY_MS,
+            ),
+            (
+                "discovery.random_walk_interval_secs",
+                self.random_walk_interval_secs,
+                DAY_SECS,
+            ),
+            (
+                "discovery.kad_query_timeout_secs",
+                self.kad_query_timeout_secs,
+                DAY_SECS,
+            ),
+        ] {
+            in_range(key, value, 1..=most)?;
+        }
+        if self.bootstrap_backoff_max_ms < self.bootstrap_backoff_initial_ms {
+            return Err(ConfigValueError::new(
+                "discovery.bootstrap_backoff_max_ms",
+                "must not be smaller than discovery.bootstrap_backoff_initial_ms",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -108,6 +190,44 @@ impl Default for MonitorConfig {
             dead_after_failures: 3,
             max_peers: 1024,
         }
+    }
+}
+
+impl MonitorConfig {
+    /// Checks the ranges, and that the liveness thresholds come in order.
+    pub fn validate(&self) -> Result<(), ConfigValueError> {
+        for (key, value) in [
+            ("monitor.ping_interval_ms", self.ping_interval_ms),
+            ("monitor.ping_timeout_ms", self.ping_timeout_ms),
+            ("monitor.suspect_after_ms", self.suspect_after_ms),
+            ("monitor.dead_after_ms", self.dead_after_ms),
+            ("monitor.expire_after_ms", self.expire_after_ms),
+        ] {
+            in_range(key, value, 1..=DAY_MS)?;
+        }
+        let suspect = self.suspect_after_failures;
+        in_range("monitor.suspect_after_failures", suspect, 1..=MANY)?;
+        in_range(
+            "monitor.dead_after_failures",
+            self.dead_after_failures,
+            1..=MANY,
+        )?;
+        in_range("monitor.max_peers", self.max_peers, 1..=MANY as usize)?;
+        if !(self.suspect_after_ms <= self.dead_after_ms
+            && self.dead_after_ms < self.expire_after_ms)
+        {
+            return Err(ConfigValueError::new(
+                "monitor.dead_after_ms",
+                "need suspect_after_ms <= dead_after_ms < expire_after_ms",
+            ));
+        }
+        if self.dead_after_failures < self.suspect_after_failures {
+            return Err(ConfigValueError::new(
+                "monitor.dead_after_failures",
+                "must not be smaller than monitor.suspect_after_failures",
+            ));
+        }
+        Ok(())
     }
 }
 

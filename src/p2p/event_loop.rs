@@ -613,10 +613,7 @@ impl EventLoop {
             |id| self.frame_requests.remove(&(protocol, id)),
             label,
         ) {
-            let inbox = match protocol {
-                FrameProtocol::Market => self.routes.market.as_ref(),
-                FrameProtocol::Channel => self.routes.channel.as_ref(),
-            };
+            let inbox = self.routes.frames.get(&protocol);
             let answer = route_request(inbox, &self.answers, &self.metrics, label, peer, request);
             self.await_answer(answer, move |r| Answer::Frame(protocol, channel, r));
         }

@@ -22,6 +22,62 @@ pub const CHANNEL_PROTOCOL: StreamProtocol = StreamProtocol::new("/zerostate/cha
 /// (at most 8 KiB) with its signatures and framing.
 pub const MAX_CHANNEL_FRAME_BYTES: u64 = 9 * 1024;
 
+/// The protocols whose messages are opaque, size-limited frames that their service decodes.
+/// Adding one: a variant, its arm in [`FrameProtocol::spec`], a behaviour field and a marker
+/// in `routing` (one line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameProtocol {
+    /// `/zerostate/market/1`: bids, awards, results.
+    Market,
+    /// `/zerostate/channel/1`: payment channel states and closes.
+    Channel,
+}
+
+/// What tells one frame protocol from another.
+#[derive(Debug, Clone)]
+pub struct FrameSpec {
+    /// The metric label.
+    pub label: &'static str,
+    /// The protocol name on the wire.
+    pub protocol: StreamProtocol,
+    /// Largest request frame, in bytes.
+    pub max_request: u64,
+    /// Largest response frame, in bytes.
+    pub max_response: u64,
+}
+
+impl FrameProtocol {
+    /// The protocol's name, label and frame limits: the one place they are defined.
+    pub const fn spec(self) -> FrameSpec {
+        match self {
+            Self::Market => FrameSpec {
+                label: "market",
+                protocol: MARKET_PROTOCOL,
+                max_request: MAX_MARKET_REQUEST_BYTES,
+                max_response: MAX_MARKET_RESPONSE_BYTES,
+            },
+            Self::Channel => FrameSpec {
+                label: "channel",
+                protocol: CHANNEL_PROTOCOL,
+                max_request: MAX_CHANNEL_FRAME_BYTES,
+                max_response: MAX_CHANNEL_FRAME_BYTES,
+            },
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        self.spec().label
+    }
+
+    /// A codec with the protocol's frame limits, counting the requests it refuses into
+    /// `malformed_requests`.
+    pub fn codec(self, malformed_requests: Counter) -> FrameCodec {
+        let spec = self.spec();
+        FrameCodec::new(spec.max_request, spec.max_response, malformed_requests)
+    }
+}
+
 /// Codec of size-limited opaque frames. Request-response reports no event when reading a
 /// request fails, so the codec counts the requests it refuses itself.
 #[derive(Debug, Clone)]

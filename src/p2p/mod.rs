@@ -42,8 +42,8 @@ pub use frame_protocol::{
 pub use handle::{Command, HandleError, NetStatus, P2pHandle, PublishError};
 pub use monitor::{MonitorMetrics, PeerInfo, PeerMonitor, PeerState};
 pub use routing::{
-    Content, ContentInbox, FrameInbox, GossipMessage, InboundRequest, Market, MarketInbox,
-    PaymentChannel, RequestError, RequestProtocol, Routes, Verdict,
+    Content, ContentInbox, FrameInbox, FrameProtocol, FrameRequests, GossipMessage, InboundRequest,
+    Market, MarketInbox, PaymentChannel, RequestError, RequestProtocol, Routes, Verdict,
 };
 
 /// Errors starting the swarm.
@@ -243,8 +243,8 @@ pub fn build_swarm(
         config,
         registry,
         metrics.malformed_counter("content"),
-        metrics.malformed_counter("market"),
-        metrics.malformed_counter("channel"),
+        metrics.malformed_counter(FrameProtocol::Market.label()),
+        metrics.malformed_counter(FrameProtocol::Channel.label()),
         metrics.connections_refused_counter("pending_per_ip"),
     )?;
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry);

@@ -18,6 +18,8 @@ use libp2p::PeerId;
 use libp2p::request_response::OutboundFailure;
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::frame_protocol::FrameProtocol;
+
 use super::content_protocol::{BudgetExhausted, ContentRequest, ContentResponse};
 
 /// How long a service may take to answer an inbound request before the stream is dropped.
@@ -79,10 +81,8 @@ pub type MarketInbox = FrameInbox;
 pub struct Routes {
     /// `/zerostate/content/2` requests. Without a service, every request is refused.
     pub content: Option<ContentInbox>,
-    /// `/zerostate/market/1` requests. Without a service, every request is refused.
-    pub market: Option<MarketInbox>,
-    /// `/zerostate/channel/1` requests. Without a service, every request is refused.
-    pub channel: Option<FrameInbox>,
+    /// Requests of each frame protocol. A protocol without a service refuses every request.
+    pub frames: HashMap<FrameProtocol, FrameInbox>,
     /// Gossip per topic. A topic without a service rejects what arrives on it.
     pub gossip: HashMap<&'static str, mpsc::Sender<GossipMessage>>,
 }
@@ -159,25 +159,6 @@ pub enum Outbound {
     },
 }
 
-/// The protocols whose messages are opaque, size-limited frames that their service decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FrameProtocol {
-    /// `/zerostate/market/1`: bids, awards, results.
-    Market,
-    /// `/zerostate/channel/1`: payment channel states and closes.
-    Channel,
-}
-
-impl FrameProtocol {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Market => "market",
-            Self::Channel => "channel",
-        }
-    }
-}
-
 /// A request-response protocol a service can use through [`super::P2pHandle::request`].
 pub trait RequestProtocol {
     /// Its request.
@@ -205,17 +186,20 @@ impl RequestProtocol for Content {
     }
 }
 
-/// The market protocol: opaque frames the market service encodes and decodes.
-#[derive(Debug)]
-pub struct Market;
+/// A protocol of opaque frames, named by its [`FrameProtocol`]: every such marker is a
+/// [`RequestProtocol`] of raw request and response frames.
+pub trait FrameRequests {
+    /// Which frame protocol.
+    const PROTOCOL: FrameProtocol;
+}
 
-impl RequestProtocol for Market {
+impl<P: FrameRequests> RequestProtocol for P {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
     fn outbound(peer: PeerId, request: Vec<u8>, reply: Reply<Vec<u8>>) -> Outbound {
         Outbound::Frame {
-            protocol: FrameProtocol::Market,
+            protocol: P::PROTOCOL,
             peer,
             request,
             reply,
@@ -223,20 +207,24 @@ impl RequestProtocol for Market {
     }
 }
 
-/// The payment channels' protocol: opaque frames the payments service encodes and decodes.
-#[derive(Debug)]
-pub struct PaymentChannel;
+/// Defines a marker type for a frame protocol, usable with [`super::P2pHandle::request`].
+macro_rules! frame_requests {
+    ($(#[$doc:meta])* $marker:ident => $protocol:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $marker;
 
-impl RequestProtocol for PaymentChannel {
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    fn outbound(peer: PeerId, request: Vec<u8>, reply: Reply<Vec<u8>>) -> Outbound {
-        Outbound::Frame {
-            protocol: FrameProtocol::Channel,
-            peer,
-            request,
-            reply,
+        impl FrameRequests for $marker {
+            const PROTOCOL: FrameProtocol = FrameProtocol::$protocol;
         }
-    }
+    };
 }
+
+frame_requests!(
+    /// The market protocol: opaque frames the market service encodes and decodes.
+    Market => Market
+);
+frame_requests!(
+    /// The payment channels' protocol: opaque frames the payments service encodes and decodes.
+    PaymentChannel => Channel
+);

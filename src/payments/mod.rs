@@ -70,60 +70,24 @@ impl Default for PaymentsConfig {
 
 impl PaymentsConfig {
     /// Checks ranges; the error names the key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), crate::config_value::ConfigValueError> {
+        use crate::config_value::in_range;
         let max = wire::MAX_AMOUNT;
-        for (key, value) in [
-            ("payments.initial_credit", self.initial_credit),
-            ("payments.channel_deposit", self.channel_deposit),
-            (
-                "payments.max_counterparty_deposit",
-                self.max_counterparty_deposit,
-            ),
-        ] {
-            if value > max {
-                return Err((key, format!("{value} is above the largest amount, {max}")));
-            }
-        }
-        if self.channel_deposit == 0 {
-            return Err(("payments.channel_deposit", "must be at least 1".into()));
-        }
-        if !(1..=86_400).contains(&self.challenge_secs) {
-            return Err((
-                "payments.challenge_secs",
-                format!("{} is out of range: use 1 to 86400", self.challenge_secs),
-            ));
-        }
-        if !(1..=604_800).contains(&self.vanished_close_secs) {
-            return Err((
-                "payments.vanished_close_secs",
-                format!(
-                    "{} is out of range: use 1 to 604800",
-                    self.vanished_close_secs
-                ),
-            ));
-        }
-        if !(1..=100_000).contains(&self.max_channels) {
-            return Err((
-                "payments.max_channels",
-                format!("{} is out of range: use 1 to 100000", self.max_channels),
-            ));
-        }
-        if !(1..=1_000).contains(&self.max_channels_per_peer) {
-            return Err((
-                "payments.max_channels_per_peer",
-                format!(
-                    "{} is out of range: use 1 to 1000",
-                    self.max_channels_per_peer
-                ),
-            ));
-        }
-        if !(100..=600_000).contains(&self.ack_timeout_ms) {
-            return Err((
-                "payments.ack_timeout_ms",
-                format!("{} is out of range: use 100 to 600000", self.ack_timeout_ms),
-            ));
-        }
-        Ok(())
+        in_range("payments.initial_credit", self.initial_credit, 0..=max)?;
+        in_range("payments.channel_deposit", self.channel_deposit, 1..=max)?;
+        let most = self.max_counterparty_deposit;
+        in_range("payments.max_counterparty_deposit", most, 0..=max)?;
+        in_range("payments.challenge_secs", self.challenge_secs, 1..=86_400)?;
+        let vanished = self.vanished_close_secs;
+        in_range("payments.vanished_close_secs", vanished, 1..=604_800)?;
+        in_range("payments.max_channels", self.max_channels, 1..=100_000)?;
+        let per_peer = self.max_channels_per_peer;
+        in_range("payments.max_channels_per_peer", per_peer, 1..=1_000)?;
+        in_range(
+            "payments.ack_timeout_ms",
+            self.ack_timeout_ms,
+            100..=600_000,
+        )
     }
 }
 

@@ -88,7 +88,28 @@ fn invalid_env_value_names_key_and_variable() {
 #[test]
 fn unknown_env_variable_is_named() {
     let e = refused(&[], &[("ZEROSTATE_BOOTSTRAPS", "x")], None);
-    assert!(e.contains("ZEROSTATE_BOOTSTRAPS"), "{e}");
+    assert!(
+        e.contains("ZEROSTATE_BOOTSTRAPS") && e.contains("did you mean ZEROSTATE_BOOTSTRAP?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn out_of_range_value_names_key_range_and_source() {
+    let var = "ZEROSTATE_MARKET_BID_WINDOW_MS";
+    let e = refused(&[], &[(var, "0")], None);
+    assert!(
+        e.contains(
+            "`market.bid_window_ms` (from environment variable ZEROSTATE_MARKET_BID_WINDOW_MS)"
+        ) && e.contains("use a value from 1 to 60000"),
+        "{e}"
+    );
+    let e = refused(&[], &[], Some("[payments]\nchallenge_secs = 0\n"));
+    assert!(
+        e.contains("`payments.challenge_secs` (from config file node.toml)")
+            && e.contains("use a value from 1 to 86400"),
+        "{e}"
+    );
 }
 
 #[test]

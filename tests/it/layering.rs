@@ -1,7 +1,8 @@
-//! The layering of docs/ARCHITECTURE.md ("Layers"): base types and metrics depend on nothing
-//! of the crate; p2p on neither the services, the config aggregate, http nor node; services
-//! on p2p and lower services; http, config and node on anything. And the module graph has no
-//! cycle.
+//! The layering of docs/ARCHITECTURE.md ("Layers"): base types (including `actor`, the
+//! request helper every service handle shares, and `config_value`, the checks every config
+//! section shares) depend on nothing of the crate, metrics only on `config_value`; p2p on
+//! neither the services, the config aggregate, http nor node; services on p2p and lower
+//! services; http, config and node on anything. And the module graph has no cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -59,14 +60,16 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
 /// What each module may import (modules not listed: nothing of the crate).
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
-        "content_id" | "metrics" | "health" => &[],
-        "identity" | "clock" | "ledger" | "actor" => &[],
-        "p2p" => &["content_id", "metrics"],
-        "content" => &["actor", "content_id", "metrics", "p2p"],
-        "payments" => &["actor", "clock", "ledger", "metrics", "p2p"],
+        "content_id" | "health" | "config_value" | "actor" => &[],
+        "identity" | "clock" | "ledger" => &[],
+        "metrics" => &["config_value"],
+        "p2p" => &["config_value", "content_id", "metrics"],
+        "content" => &["actor", "config_value", "content_id", "metrics", "p2p"],
+        "payments" => &["actor", "clock", "config_value", "ledger", "metrics", "p2p"],
         "market" => &[
             "actor",
             "clock",
+            "config_value",
             "content",
             "content_id",
             "ledger",

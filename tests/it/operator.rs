@@ -201,7 +201,7 @@ async fn announced_endpoints_are_filtered_bounded_and_counted() {
 async fn a_metrics_only_listener_serves_metrics_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![]);
-    config.metrics.listen = "127.0.0.1:0".into();
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     config.metrics.announce_url = "http://127.0.0.1:0/metrics".into();
     config.validate().unwrap();
     let node = start(config).await;
