@@ -752,6 +752,18 @@ mod tests {
     }
 
     #[test]
+    fn task_kinds_are_read_by_name_and_an_unknown_one_is_named() {
+        use crate::market::TaskKind;
+        let env = [("ZEROSTATE_MARKET_PROVIDER_KINDS", "matmul")];
+        let c = load(None, &env, Overrides::default()).unwrap();
+        assert_eq!(c.market.provider.kinds, [TaskKind::Matmul]);
+        let file = "[market.provider]\nkinds = [\"pow\", \"sort\"]\n";
+        let e = load(Some(file), &[], Overrides::default()).unwrap_err();
+        assert!(e.contains("market.provider.kinds") && e.contains("sort"), "{e}");
+        assert!(e.contains("pow") && e.contains("matmul"), "{e}");
+    }
+
+    #[test]
     fn unknown_file_key_is_named() {
         let e = load(Some("listen_port = 5\n"), &[], Overrides::default()).unwrap_err();
         assert!(e.contains("listen_port"), "{e}");

@@ -80,7 +80,7 @@ impl Default for MarketConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
     /// Task kinds this node bids on (`pow`, `matmul`); empty: it never bids.
-    pub kinds: Vec<String>,
+    pub kinds: Vec<TaskKind>,
     /// Tasks it executes at once (worker threads); it bids only while one is free, with at
     /// most 4 open bids per worker.
     pub capacity: usize,
@@ -95,7 +95,7 @@ pub struct ProviderConfig {
 impl Default for ProviderConfig {
     fn default() -> Self {
         Self {
-            kinds: vec!["pow".into(), "matmul".into()],
+            kinds: TaskKind::ALL.to_vec(),
             capacity: 2,
             base_price: 10,
             unit_price: 1,
@@ -104,8 +104,6 @@ impl Default for ProviderConfig {
     }
 }
 
-/// The task kinds that exist.
-pub const KINDS: [&str; 2] = ["pow", "matmul"];
 
 impl MarketConfig {
     /// How long a task's escrow stays locked: the award, the execution (`execution_ms`, the
@@ -166,12 +164,6 @@ impl MarketConfig {
         in_range("market.provider.capacity", p.capacity, 1..=1024)?;
         in_range("market.provider.base_price", p.base_price, 0..=1 << 40)?;
         in_range("market.provider.unit_price", p.unit_price, 0..=1 << 40)?;
-        if let Some(k) = p.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
-            return Err(ConfigValueError::new(
-                "market.provider.kinds",
-                format!("unknown task kind `{k}`; the kinds are {KINDS:?}"),
-            ));
-        }
         let jitter = p.price_jitter_percent;
         in_range("market.provider.price_jitter_percent", jitter, 0..=100)?;
         self.reputation.validate()

@@ -198,13 +198,7 @@ impl MarketService {
         let (reputation, legacy_file) =
             standing::load_reputation(&config, deps.reputation, &deps.data_dir);
         let dirty = legacy_file.is_some();
-        // The config was validated: every name is a kind.
-        let offered = config
-            .provider
-            .kinds
-            .iter()
-            .filter_map(|k| k.parse().ok())
-            .collect();
+        let offered = config.provider.kinds.iter().copied().collect();
         let actor = MarketActor {
             local: key.public().to_peer_id(),
             key,
