@@ -651,7 +651,11 @@ impl From<PaymentsError> for ApiError {
             }
             PaymentsError::Channel(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PaymentsError::UnknownChannel => StatusCode::NOT_FOUND,
-            PaymentsError::Refused(_) => StatusCode::CONFLICT,
+            PaymentsError::Refused(_)
+            | PaymentsError::InsufficientFunds { .. }
+            | PaymentsError::OpenPending { .. } => StatusCode::CONFLICT,
+            PaymentsError::PaymentIdReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            PaymentsError::InvalidPaymentId(_) => StatusCode::BAD_REQUEST,
             PaymentsError::Pending(_) => StatusCode::ACCEPTED,
             PaymentsError::Ledger(_) => StatusCode::INTERNAL_SERVER_ERROR,
             PaymentsError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
@@ -694,7 +698,7 @@ async fn show_channel(
     }
 }
 
-/// `POST /api/v1/channels`.
+/// `POST /api/v1/channels`; the payment id may also come as the `Idempotency-Key` header.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OpenRequest {
@@ -702,36 +706,72 @@ struct OpenRequest {
     deposit: u64,
     #[serde(default)]
     peer_deposit: u64,
+    #[serde(default)]
+    payment_id: Option<String>,
 }
 
+/// 201 with the channel once countersigned; 202 with the pending open (a `PaymentView`).
 async fn open_channel(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Result<Json<OpenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    use crate::payments::{PaymentId, PaymentStatus, payment_ids as ids};
     let Json(body) = body?;
     let peer = parse_peer(&body.peer_id)?;
+    let key = headers.get(ids::IDEMPOTENCY_KEY).map(|v| v.as_bytes());
+    let payment_id = PaymentId::of_request(key, body.payment_id.as_deref())
+        .map_err(crate::payments::PaymentsError::from)?;
     let view = state
         .payments
-        .open(peer, body.deposit, body.peer_deposit)
+        .open_with_id(peer, body.deposit, body.peer_deposit, payment_id)
         .await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let headers = [
+        (ids::IDEMPOTENCY_KEY, view.payment_id.clone()),
+        (ids::IDEMPOTENT_REPLAYED, view.replayed.to_string()),
+    ];
+    Ok(match view.status {
+        PaymentStatus::Done => (StatusCode::CREATED, headers, Json(view.channel)).into_response(),
+        PaymentStatus::Pending => (StatusCode::ACCEPTED, headers, Json(view)).into_response(),
+    })
 }
 
-/// `POST /api/v1/channels/{id}/pay`.
+/// `POST /api/v1/channels/{id}/pay`; the payment id may also come as the `Idempotency-Key`
+/// header.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PayRequest {
     amount: u64,
+    #[serde(default)]
+    payment_id: Option<String>,
 }
 
+/// 200 with the channel once countersigned; 202 with the pending payment (a
+/// `PaymentView`).
 async fn pay_channel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<PayRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    use crate::payments::{PaymentId, PaymentStatus, payment_ids as ids};
     let id = parse_channel(&id)?;
     let Json(body) = body?;
-    Ok(Json(state.payments.pay(id, body.amount).await?).into_response())
+    let key = headers.get(ids::IDEMPOTENCY_KEY).map(|v| v.as_bytes());
+    let payment_id = PaymentId::of_request(key, body.payment_id.as_deref())
+        .map_err(crate::payments::PaymentsError::from)?;
+    let view = state
+        .payments
+        .pay_with_id(id, body.amount, payment_id)
+        .await?;
+    let headers = [
+        (ids::IDEMPOTENCY_KEY, view.payment_id.clone()),
+        (ids::IDEMPOTENT_REPLAYED, view.replayed.to_string()),
+    ];
+    Ok(match view.status {
+        PaymentStatus::Done => (StatusCode::OK, headers, Json(view.channel)).into_response(),
+        PaymentStatus::Pending => (StatusCode::ACCEPTED, headers, Json(view)).into_response(),
+    })
 }
 
 /// `POST /api/v1/channels/{id}/close`.
