@@ -11,7 +11,8 @@ use crate::http::Page;
 use crate::identity::TOKEN_FILE;
 use crate::market::{PeerReputation, TaskRequest, TaskStatus, TaskView};
 use crate::node::NODE_INFO_FILE;
-use crate::payments::{ChannelView, WalletView};
+use crate::payments::payment_ids::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use crate::payments::{ChannelView, PaymentView, WalletView};
 
 /// Why a call to a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,29 @@ pub enum ClientError {
         /// Its `error` message.
         message: String,
     },
+    /// The node signed and sent the change, but the peer has not countersigned it yet (202
+    /// with an `error` message, e.g. a close).
+    #[error("pending: {message}")]
+    Pending {
+        /// What the node says.
+        message: String,
+    },
+}
+
+/// What a change to a channel (an open, a payment) came to.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Countersigned by the peer: the channel as it is now.
+    Done {
+        /// The channel.
+        channel: ChannelView,
+        /// Whether an earlier request with the same payment id made it (this one paid
+        /// nothing).
+        replayed: bool,
+    },
+    /// Signed and sent (or queued), not countersigned yet: the node keeps re-sending it
+    /// (HTTP 202).
+    Pending(PaymentView),
 }
 
 /// One node's API.
@@ -120,12 +144,30 @@ impl Client {
         &self.base
     }
 
-    /// Sends `request` (with the token, if any); returns the status and body of a successful
-    /// answer.
-    async fn send(
+    async fn call<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
-    ) -> Result<(u16, bytes::Bytes), ClientError> {
+    ) -> Result<T, ClientError> {
+        let (status, _, body) = self.fetch(request).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Api {
+            status: status.as_u16(),
+            message: format!("unexpected answer: {e}"),
+        })
+    }
+
+    /// Sends `request` (with the token, if any); a success's status, headers and body, or
+    /// the error it answered.
+    async fn fetch(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<
+        (
+            reqwest::StatusCode,
+            reqwest::header::HeaderMap,
+            bytes::Bytes,
+        ),
+        ClientError,
+    > {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -136,36 +178,59 @@ impl Client {
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response.bytes().await.map_err(unreachable)?;
+        let error = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned));
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            let message = error.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             return Err(ClientError::Api {
                 status: status.as_u16(),
                 message,
             });
         }
-        Ok((status.as_u16(), body))
+        if let (reqwest::StatusCode::ACCEPTED, Some(message)) = (status, error) {
+            return Err(ClientError::Pending { message });
+        }
+        Ok((status, headers, body))
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(
+    /// Sends a change under `payment_id`: 202 is pending (a [`PaymentView`]), other
+    /// successes are done (the channel).
+    async fn change(
         &self,
         request: reqwest::RequestBuilder,
-    ) -> Result<T, ClientError> {
-        let (status, body) = self.send(request).await?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Api {
-            status,
+        payment_id: Option<&str>,
+    ) -> Result<Change, ClientError> {
+        let request = match payment_id {
+            Some(id) => request.header(IDEMPOTENCY_KEY, id),
+            None => request,
+        };
+        let (status, headers, body) = self.fetch(request).await?;
+        let unexpected = |e: serde_json::Error| ClientError::Api {
+            status: status.as_u16(),
             message: format!("unexpected answer: {e}"),
-        })
+        };
+        if status == reqwest::StatusCode::ACCEPTED {
+            return serde_json::from_slice(&body)
+                .map(Change::Pending)
+                .map_err(unexpected);
+        }
+        let replayed = headers
+            .get(IDEMPOTENT_REPLAYED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<bool>().ok())
+            .unwrap_or(false);
+        let channel = serde_json::from_slice(&body).map_err(unexpected)?;
+        Ok(Change::Done { channel, replayed })
     }
 
     /// Content by its id, from the node's cache or, with the token, fetched by the node from
     /// the network and verified.
     pub async fn content(&self, id: &str) -> Result<bytes::Bytes, ClientError> {
         let url = format!("{}/api/v1/content/{id}", self.base);
-        Ok(self.send(self.http.get(url)).await?.1)
+        Ok(self.fetch(self.http.get(url)).await?.2)
     }
 
     /// Submits a task; returns its id.
@@ -225,27 +290,37 @@ impl Client {
         self.call(self.http.get(url)).await
     }
 
-    /// Opens a channel to `peer_id`; returns it once the peer countersigned.
+    /// Opens a channel to `peer_id` (under `payment_id`, so a retry with it never opens a
+    /// second channel): done once the peer countersigned, else pending.
     pub async fn open_channel(
         &self,
         peer_id: &str,
         deposit: u64,
         peer_deposit: u64,
-    ) -> Result<ChannelView, ClientError> {
+        payment_id: Option<&str>,
+    ) -> Result<Change, ClientError> {
         let url = format!("{}/api/v1/channels", self.base);
         let body = serde_json::json!({
             "peer_id": peer_id,
             "deposit": deposit,
             "peer_deposit": peer_deposit,
         });
-        self.call(self.http.post(url).json(&body)).await
+        self.change(self.http.post(url).json(&body), payment_id)
+            .await
     }
 
-    /// Pays `amount` in a channel; returns it once the peer countersigned.
-    pub async fn pay(&self, id: &str, amount: u64) -> Result<ChannelView, ClientError> {
+    /// Pays `amount` in a channel (under `payment_id`, so a retry with it never pays twice):
+    /// done once the peer countersigned, else pending.
+    pub async fn pay(
+        &self,
+        id: &str,
+        amount: u64,
+        payment_id: Option<&str>,
+    ) -> Result<Change, ClientError> {
         let url = format!("{}/api/v1/channels/{id}/pay", self.base);
         let body = serde_json::json!({ "amount": amount });
-        self.call(self.http.post(url).json(&body)).await
+        self.change(self.http.post(url).json(&body), payment_id)
+            .await
     }
 
     /// Closes a channel, cooperatively or unilaterally.

@@ -759,7 +759,10 @@ mod tests {
         assert_eq!(c.market.provider.kinds, [TaskKind::Matmul]);
         let file = "[market.provider]\nkinds = [\"pow\", \"sort\"]\n";
         let e = load(Some(file), &[], Overrides::default()).unwrap_err();
-        assert!(e.contains("market.provider.kinds") && e.contains("sort"), "{e}");
+        assert!(
+            e.contains("market.provider.kinds") && e.contains("sort"),
+            "{e}"
+        );
         assert!(e.contains("pow") && e.contains("matmul"), "{e}");
     }
 

@@ -1,5 +1,5 @@
 //! The ledger: the node's durable state that must survive a crash (payment channels with
-//! their latest signed states, settlements, the wallet, reputation), in a redb database
+//! their latest signed states, settlements, the wallet, payment ids, reputation), in a redb database
 //! behind its own actor.
 //!
 //! The actor is a thread that owns the database. [`Ledger::commit`] hands it a batch of
@@ -19,6 +19,7 @@ pub const LEDGER_FILE: &str = "ledger.redb";
 const CHANNELS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("channels");
 const SETTLEMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("settlements");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const PAYMENT_IDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("payment_ids");
 const WALLET_KEY: &str = "wallet";
 const REPUTATION_KEY: &str = "reputation";
 
@@ -54,6 +55,10 @@ pub enum Write {
     Wallet(Vec<u8>),
     /// The reputation table (encoded).
     Reputation(Vec<u8>),
+    /// A payment id's record (the id, the encoded record).
+    PaymentId(Vec<u8>, Vec<u8>),
+    /// A payment id forgotten (the id).
+    ForgetPaymentId(Vec<u8>),
 }
 
 /// Everything the ledger holds, read once at start.
@@ -66,6 +71,8 @@ pub struct Loaded {
     pub wallet: Option<Vec<u8>>,
     /// The reputation table, if it was ever written.
     pub reputation: Option<Vec<u8>>,
+    /// Every payment id's record: `(id, record)`.
+    pub payment_ids: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 struct Commit {
@@ -95,6 +102,7 @@ impl Ledger {
         tx.open_table(CHANNELS).map_err(|e| err(&e))?;
         tx.open_table(SETTLEMENTS).map_err(|e| err(&e))?;
         tx.open_table(META).map_err(|e| err(&e))?;
+        tx.open_table(PAYMENT_IDS).map_err(|e| err(&e))?;
         tx.commit().map_err(|e| err(&e))?;
         let loaded = read_all(&db).map_err(|e| err(&e))?;
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -142,6 +150,12 @@ fn read_all(db: &Database) -> Result<Loaded, redb::Error> {
         let (_, v) = entry?;
         loaded.channels.push(v.value().to_vec());
     }
+    for entry in tx.open_table(PAYMENT_IDS)?.iter()? {
+        let (k, v) = entry?;
+        loaded
+            .payment_ids
+            .push((k.value().to_vec(), v.value().to_vec()));
+    }
     let meta = tx.open_table(META)?;
     loaded.wallet = meta.get(WALLET_KEY)?.map(|v| v.value().to_vec());
     loaded.reputation = meta.get(REPUTATION_KEY)?.map(|v| v.value().to_vec());
@@ -176,6 +190,7 @@ fn write_group(db: &Database, group: &[Commit]) -> Result<(), redb::Error> {
         let mut channels = tx.open_table(CHANNELS)?;
         let mut settlements = tx.open_table(SETTLEMENTS)?;
         let mut meta = tx.open_table(META)?;
+        let mut payment_ids = tx.open_table(PAYMENT_IDS)?;
         for write in group.iter().flat_map(|c| &c.writes) {
             match write {
                 Write::Channel(id, record) => {
@@ -189,6 +204,12 @@ fn write_group(db: &Database, group: &[Commit]) -> Result<(), redb::Error> {
                 }
                 Write::Reputation(bytes) => {
                     meta.insert(REPUTATION_KEY, bytes.as_slice())?;
+                }
+                Write::PaymentId(id, record) => {
+                    payment_ids.insert(id.as_slice(), record.as_slice())?;
+                }
+                Write::ForgetPaymentId(id) => {
+                    payment_ids.remove(id.as_slice())?;
                 }
             }
         }
@@ -218,6 +239,14 @@ mod tests {
                 ledger.commit(vec![Write::Channel(vec![1], b"two".to_vec())]),
                 ledger.commit(vec![Write::Reputation(b"r".to_vec())]),
             );
+            ledger
+                .commit(vec![
+                    Write::PaymentId(b"k1".to_vec(), b"one".to_vec()),
+                    Write::PaymentId(b"k2".to_vec(), b"two".to_vec()),
+                    Write::ForgetPaymentId(b"k1".to_vec()),
+                ])
+                .await
+                .unwrap();
             a.unwrap();
             b.unwrap();
             thread
@@ -227,5 +256,10 @@ mod tests {
         assert_eq!(loaded.channels, vec![b"two".to_vec()]);
         assert_eq!(loaded.wallet.as_deref(), Some(&b"w1"[..]));
         assert_eq!(loaded.reputation.as_deref(), Some(&b"r"[..]));
+        assert_eq!(
+            loaded.payment_ids,
+            vec![(b"k2".to_vec(), b"two".to_vec())],
+            "a forgotten id is gone, in the same transaction"
+        );
     }
 }

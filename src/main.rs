@@ -6,15 +6,27 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use zerostate::client::{Client, run_load};
+use zerostate::client::{Change, Client, ClientError, run_load};
 use zerostate::config::{Config, LogConfig, LogFormat, Overrides};
 use zerostate::http::Page;
 use zerostate::identity;
 use zerostate::market::wire::AuctionType;
 use zerostate::market::{ResultView, TaskParams, TaskRequest, TaskStatus};
+use zerostate::payments::{PaymentId, PaymentKind, PaymentView};
 
 /// How long a graceful shutdown may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Exit code of `channel open`, `pay` and `close` when the node signed and sent the change
+/// but the peer has not countersigned it yet.
+const EXIT_PENDING: u8 = 3;
+
+/// The exit codes of the channel commands that change a channel.
+const CHANGE_EXIT_CODES: &str = "Exit codes: 0 done (countersigned by the peer); 1 error (refused: \
+nothing was paid; or no answer from the node: retry with the same --payment-id); 2 bad usage; 3 \
+pending: signed and sent, but the peer has not countersigned yet. The node keeps the signed state \
+and re-sends it until the peer answers; retrying with the same --payment-id is safe, it never \
+pays (or opens) twice.";
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +66,10 @@ enum Command {
 #[derive(Subcommand)]
 enum ChannelCommand {
     /// Open a channel to a peer; prints it once the peer countersigned state 0.
+    ///
+    /// Sends a payment id (printed first; chosen at random unless --payment-id is given): a
+    /// retry with the same id never opens a second channel.
+    #[command(after_help = CHANGE_EXIT_CODES)]
     Open {
         #[command(flatten)]
         api: ApiArgs,
@@ -67,8 +83,16 @@ enum ChannelCommand {
         /// payments.max_counterparty_deposit).
         #[arg(long, default_value_t = 0)]
         peer_deposit: u64,
+        /// The payment id of an earlier attempt to retry (1 to 128 of A-Z a-z 0-9 - _ . :).
+        #[arg(long)]
+        payment_id: Option<String>,
     },
     /// Pay an amount to the channel's other party; prints the channel once countersigned.
+    ///
+    /// Sends a payment id (printed first; chosen at random unless --payment-id is given): a
+    /// retry with the same id never pays twice; the node answers with the first attempt's
+    /// payment, pending or done.
+    #[command(after_help = CHANGE_EXIT_CODES)]
     Pay {
         #[command(flatten)]
         api: ApiArgs,
@@ -76,9 +100,13 @@ enum ChannelCommand {
         id: String,
         /// The amount, in the smallest unit.
         amount: u64,
+        /// The payment id of an earlier attempt to retry (1 to 128 of A-Z a-z 0-9 - _ . :).
+        #[arg(long)]
+        payment_id: Option<String>,
     },
     /// Close a channel: cooperatively (both sign a final state), or unilaterally (settles
     /// after the challenge window unless the peer disputes with a higher state).
+    #[command(after_help = CHANGE_EXIT_CODES)]
     Close {
         #[command(flatten)]
         api: ApiArgs,
@@ -288,7 +316,10 @@ fn main() -> ExitCode {
         Command::Wallet(api) => {
             run_client(async move { print_json(&client(&api)?.wallet().await?) })
         }
-        Command::Channel(command) => run_client(channel_command(command)),
+        Command::Channel(command) => match run_client(channel_command(command)) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -370,7 +401,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn run_client(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn run_client<T>(fut: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tracing_subscriber::fmt()
         .with_env_filter(log_filter("warn"))
         .with_writer(std::io::stderr)
@@ -536,32 +567,105 @@ async fn task_result(client: &Client, id: &str, out: Option<PathBuf>) -> anyhow:
     Ok(())
 }
 
-async fn channel_command(command: ChannelCommand) -> anyhow::Result<()> {
+async fn channel_command(command: ChannelCommand) -> anyhow::Result<ExitCode> {
     match command {
         ChannelCommand::Open {
             api,
             peer,
             deposit,
             peer_deposit,
-        } => print_json(
-            &client(&api)?
-                .open_channel(&peer, deposit, peer_deposit)
-                .await?,
-        ),
-        ChannelCommand::Pay { api, id, amount } => {
-            print_json(&client(&api)?.pay(&id, amount).await?)
+            payment_id,
+        } => {
+            let payment_id = payment_id_of(payment_id)?;
+            let change = client(&api)?
+                .open_channel(&peer, deposit, peer_deposit, Some(payment_id.as_str()))
+                .await;
+            changed(change)
+        }
+        ChannelCommand::Pay {
+            api,
+            id,
+            amount,
+            payment_id,
+        } => {
+            let payment_id = payment_id_of(payment_id)?;
+            let change = client(&api)?
+                .pay(&id, amount, Some(payment_id.as_str()))
+                .await;
+            changed(change)
         }
         ChannelCommand::Close {
             api,
             id,
             unilateral,
-        } => print_json(&client(&api)?.close_channel(&id, unilateral).await?),
+        } => match client(&api)?.close_channel(&id, unilateral).await {
+            Err(ClientError::Pending { message }) => {
+                eprintln!("PENDING (exit code {EXIT_PENDING}): {message}");
+                Ok(ExitCode::from(EXIT_PENDING))
+            }
+            other => print_json(&other?).map(|()| ExitCode::SUCCESS),
+        },
         ChannelCommand::List(ListArgs { api, page }) => print_page(
             &client(&api)?.channels(page.offset, page.limit).await?,
             "channels",
-        ),
-        ChannelCommand::Show { api, id } => print_json(&client(&api)?.channel(&id).await?),
+        )
+        .map(|()| ExitCode::SUCCESS),
+        ChannelCommand::Show { api, id } => {
+            print_json(&client(&api)?.channel(&id).await?).map(|()| ExitCode::SUCCESS)
+        }
     }
+}
+
+/// The payment id to send: the one given (checked), or a new one; printed first, so an
+/// attempt that dies on the way can be retried with it.
+fn payment_id_of(given: Option<String>) -> anyhow::Result<PaymentId> {
+    let id = match given {
+        Some(s) => PaymentId::parse(&s).with_context(|| format!("--payment-id `{s}`"))?,
+        None => PaymentId::random(),
+    };
+    eprintln!("payment id: {id} (to retry without paying twice, add --payment-id {id})");
+    Ok(id)
+}
+
+/// Prints what a change came to: done (the channel, exit 0) or pending (what it means, exit
+/// [`EXIT_PENDING`]).
+fn changed(change: Result<Change, ClientError>) -> anyhow::Result<ExitCode> {
+    match change? {
+        Change::Done { channel, replayed } => {
+            if replayed {
+                eprintln!(
+                    "already done by an earlier request with this payment id: nothing new was paid"
+                );
+            }
+            print_json(&channel)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Change::Pending(view) => {
+            print_json(&view)?;
+            eprintln!("{}", pending_text(&view));
+            Ok(ExitCode::from(EXIT_PENDING))
+        }
+    }
+}
+
+/// A pending change in words.
+fn pending_text(view: &PaymentView) -> String {
+    let what = match view.kind {
+        PaymentKind::Pay => format!(
+            "the payment of {} in channel {}",
+            view.amount, view.channel_id
+        ),
+        PaymentKind::Open => format!(
+            "the open of channel {} (deposit {})",
+            view.channel_id, view.amount
+        ),
+    };
+    format!(
+        "PENDING (exit code {EXIT_PENDING}): {what} (payment id {id}) is not countersigned by the peer yet.\n{message}\nTo retry, run the same command with --payment-id {id}: it never pays twice. `zerostate channel show {channel}` shows the state still pending.",
+        id = view.payment_id,
+        message = view.message,
+        channel = view.channel_id,
+    )
 }
 
 async fn reputation(ListArgs { api, page }: ListArgs) -> anyhow::Result<()> {

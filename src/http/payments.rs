@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use libp2p::PeerId;
 use serde::Deserialize;
@@ -13,7 +13,10 @@ use super::ApiState;
 use super::error::{ApiError, parse_id};
 use super::page::{Page, PageQuery, page};
 use crate::payments::wire::ChannelId;
-use crate::payments::{ChannelPage, ChannelView, PaymentsError};
+use crate::payments::{
+    ChannelPage, ChannelView, PaymentId, PaymentStatus, PaymentView, PaymentsError,
+    payment_ids as ids,
+};
 
 impl From<PaymentsError> for ApiError {
     fn from(e: PaymentsError) -> Self {
@@ -27,7 +30,11 @@ impl From<PaymentsError> for ApiError {
             }
             PaymentsError::Channel(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PaymentsError::UnknownChannel => StatusCode::NOT_FOUND,
-            PaymentsError::Refused(_) => StatusCode::CONFLICT,
+            PaymentsError::Refused(_)
+            | PaymentsError::InsufficientFunds { .. }
+            | PaymentsError::OpenPending { .. } => StatusCode::CONFLICT,
+            PaymentsError::PaymentIdReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            PaymentsError::InvalidPaymentId(_) => StatusCode::BAD_REQUEST,
             PaymentsError::Pending(_) => StatusCode::ACCEPTED,
             PaymentsError::Ledger(_) => StatusCode::INTERNAL_SERVER_ERROR,
             PaymentsError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,7 +90,7 @@ pub(super) async fn show_channel(
     }
 }
 
-/// `POST /api/v1/channels`.
+/// `POST /api/v1/channels`; the payment id may also come as the `Idempotency-Key` header.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OpenRequest {
@@ -91,36 +98,71 @@ pub(super) struct OpenRequest {
     deposit: u64,
     #[serde(default)]
     peer_deposit: u64,
+    #[serde(default)]
+    payment_id: Option<String>,
 }
 
+/// The payment id of a request: its `Idempotency-Key` header or its body's `payment_id`
+/// (they must agree), or a new one.
+fn payment_id(headers: &HeaderMap, body: Option<&str>) -> Result<PaymentId, ApiError> {
+    let key = headers.get(ids::IDEMPOTENCY_KEY).map(|v| v.as_bytes());
+    Ok(PaymentId::of_request(key, body).map_err(PaymentsError::from)?)
+}
+
+/// `done` once countersigned (with the channel), 202 with the pending payment otherwise;
+/// both carry the payment id and whether this request replayed an earlier one.
+fn payment_answer(view: PaymentView, done: StatusCode) -> Response {
+    let headers = [
+        (ids::IDEMPOTENCY_KEY, view.payment_id.clone()),
+        (ids::IDEMPOTENT_REPLAYED, view.replayed.to_string()),
+    ];
+    match view.status {
+        PaymentStatus::Done => (done, headers, Json(view.channel)).into_response(),
+        PaymentStatus::Pending => (StatusCode::ACCEPTED, headers, Json(view)).into_response(),
+    }
+}
+
+/// 201 with the channel once countersigned; 202 with the pending open (a `PaymentView`).
 pub(super) async fn open_channel(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Result<Json<OpenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
     let peer = parse_peer(&body.peer_id)?;
+    let payment_id = payment_id(&headers, body.payment_id.as_deref())?;
     let view = state
         .payments
-        .open(peer, body.deposit, body.peer_deposit)
+        .open_with_id(peer, body.deposit, body.peer_deposit, payment_id)
         .await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    Ok(payment_answer(view, StatusCode::CREATED))
 }
 
-/// `POST /api/v1/channels/{id}/pay`.
+/// `POST /api/v1/channels/{id}/pay`; the payment id may also come as the `Idempotency-Key`
+/// header.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PayRequest {
     amount: u64,
+    #[serde(default)]
+    payment_id: Option<String>,
 }
 
+/// 200 with the channel once countersigned; 202 with the pending payment (a `PaymentView`).
 pub(super) async fn pay_channel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<PayRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_channel(&id)?;
     let Json(body) = body?;
-    Ok(Json(state.payments.pay(id, body.amount).await?).into_response())
+    let payment_id = payment_id(&headers, body.payment_id.as_deref())?;
+    let view = state
+        .payments
+        .pay_with_id(id, body.amount, payment_id)
+        .await?;
+    Ok(payment_answer(view, StatusCode::OK))
 }
 
 /// `POST /api/v1/channels/{id}/close`.

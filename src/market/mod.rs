@@ -104,7 +104,6 @@ impl Default for ProviderConfig {
     }
 }
 
-
 impl MarketConfig {
     /// How long a task's escrow stays locked: the award, the execution (`execution_ms`, the
     /// announcement's), the verification, and a margin for clock skew.

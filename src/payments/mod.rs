@@ -9,6 +9,7 @@
 pub mod channel;
 mod escrow_book;
 mod metrics;
+pub mod payment_ids;
 pub mod record;
 mod service;
 mod view;
@@ -21,11 +22,14 @@ use serde::{Deserialize, Serialize};
 
 pub use escrow_book::{EscrowBook, Escrowed};
 pub use metrics::PaymentMetrics;
+pub use payment_ids::{PaymentId, PaymentIdError};
 pub use service::{PaymentsActor, PaymentsService};
-pub use view::{ChannelPage, ChannelView, LockView, WalletView};
+pub use view::{
+    ChannelPage, ChannelView, LockView, PaymentKind, PaymentStatus, PaymentView, WalletView,
+};
 
 use crate::ledger::LedgerError;
-use wire::ChannelError;
+use wire::{ChannelError, ChannelId};
 
 /// Payment settings (`[payments]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +122,62 @@ pub enum PaymentsError {
     /// Too many operations are queued on the channel.
     #[error("too many operations are waiting on this channel; retry later")]
     Busy,
+    /// Not enough funds: what was asked and what there is.
+    #[error("insufficient_funds: {requested} requested, but only {available} is available {place}")]
+    InsufficientFunds {
+        /// Where the funds were looked for.
+        place: Funds,
+        /// What there is.
+        available: u64,
+        /// What was asked.
+        requested: u64,
+    },
+    /// The payment id names another payment (or open) than this request.
+    #[error(
+        "payment id `{payment_id}` was already used for {used_for}; a different payment needs a new payment id"
+    )]
+    PaymentIdReused {
+        /// The id.
+        payment_id: PaymentId,
+        /// What it was used for, in words.
+        used_for: String,
+    },
+    /// An open to this peer is already waiting for its countersignature.
+    #[error(
+        "an open to {peer} is already pending: channel {channel} (state 0 signed and sent, not countersigned yet){}; wait for it, or retry with its payment id",
+        .payment_id.as_ref().map_or_else(String::new, |p| format!(", payment id `{p}`"))
+    )]
+    OpenPending {
+        /// The channel being opened.
+        channel: ChannelId,
+        /// The peer's id.
+        peer: String,
+        /// The payment id it was opened under, if any.
+        payment_id: Option<PaymentId>,
+    },
+    /// The payment id is not acceptable.
+    #[error(transparent)]
+    InvalidPaymentId(#[from] PaymentIdError),
+}
+
+/// Where funds were looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Funds {
+    /// The wallet (an open's deposit).
+    Wallet,
+    /// This node's balance in the channel, less what payments and locks still in flight take.
+    Channel,
+}
+
+impl std::fmt::Display for Funds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Wallet => "in the wallet",
+            Self::Channel => {
+                "in the channel (this node's balance, less what payments and locks in flight take)"
+            }
+        })
+    }
 }
 
 fn hint(e: ChannelError) -> &'static str {

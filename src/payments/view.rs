@@ -112,3 +112,49 @@ pub struct ChannelPage {
     /// The channels.
     pub channels: Vec<ChannelView>,
 }
+
+/// What a payment id stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentKind {
+    /// A payment in a channel.
+    Pay,
+    /// The open of a channel.
+    Open,
+}
+
+/// Where a payment (or open) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// Signed and sent (or queued behind the channel's proposal in flight); the peer has not
+    /// countersigned yet. The node keeps it and re-sends it until the peer answers.
+    Pending,
+    /// Countersigned: binding on both sides.
+    Done,
+}
+
+/// A payment or an open made under a payment id, as it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentView {
+    /// The payment id (the request's `Idempotency-Key` or `payment_id`, or one the node
+    /// chose): a retry with it never pays twice.
+    pub payment_id: String,
+    /// `pay` or `open`.
+    pub kind: PaymentKind,
+    /// `pending` or `done`.
+    pub status: PaymentStatus,
+    /// The channel paid in (or opened), hex.
+    pub channel_id: String,
+    /// The amount paid (an open: this node's deposit).
+    pub amount: u64,
+    /// The number of the signed state that carries it (0 for an open); `null` while it is
+    /// queued behind another proposal of the channel.
+    pub number: Option<u64>,
+    /// Whether an earlier request with this payment id made it (this one paid nothing).
+    pub replayed: bool,
+    /// What the status means, in words.
+    pub message: String,
+    /// The channel as it is now.
+    pub channel: ChannelView,
+}

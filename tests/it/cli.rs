@@ -558,3 +558,113 @@ fn task_show_and_result_give_the_parameters_and_the_verified_answer() {
         }
     });
 }
+
+/// Runs the CLI against a running node without blocking the runtime the node runs on.
+async fn cli(args: Vec<String>, dir: std::path::PathBuf) -> (i32, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        zerostate(&args, &[], &dir)
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_pay_to_a_silent_peer_prints_the_pending_state_and_exits_3() {
+    use crate::common::*;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut config = test_config(a_dir.path(), vec![]);
+    config.payments.ack_timeout_ms = 1_000;
+    let a = start(config).await;
+    let b = start(test_config(b_dir.path(), vec![p2p_addr(&a)])).await;
+    let b_id = b.peer_id();
+    eventually(Duration::from_secs(30), "A and B connected", || async {
+        (a.p2p().connected_peers().await.ok()?.contains(&b_id)).then_some(())
+    })
+    .await;
+    let channel = a.payments().open(b_id, 1000, 0).await.unwrap().id;
+    b.shutdown().await;
+    let cwd = a_dir.path().to_owned();
+    let pay = |amount: &str, id: Option<&str>| {
+        let mut args: Vec<String> = ["channel", "pay", "--data-dir", ".", &channel, amount]
+            .map(String::from)
+            .to_vec();
+        if let Some(id) = id {
+            args.extend(["--payment-id".into(), id.into()]);
+        }
+        cli(args, cwd.clone())
+    };
+
+    let (code, stdout, stderr) = pay("10", None).await;
+    assert_eq!(code, 3, "{stdout}\n{stderr}");
+    let view: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(view["status"], "pending", "{view}");
+    assert_eq!(
+        (view["number"].as_u64(), view["amount"].as_u64()),
+        (Some(1), Some(10))
+    );
+    assert_eq!(view["channel_id"], channel.as_str());
+    let id = view["payment_id"].as_str().unwrap().to_owned();
+    for expected in [
+        format!("payment id: {id}"),
+        "PENDING (exit code 3)".into(),
+        "state 1".into(),
+        channel.clone(),
+        format!("--payment-id {id}"),
+        "never pays twice".into(),
+    ] {
+        assert!(stderr.contains(&expected), "{expected:?} in {stderr}");
+    }
+
+    // The retry with the printed id: the same pending payment, nothing paid again.
+    let (code, stdout, stderr) = pay("10", Some(&id)).await;
+    assert_eq!(code, 3, "{stdout}\n{stderr}");
+    let again: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (again["number"].as_u64(), again["replayed"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(
+        again["channel"]["balance"], 1000,
+        "nothing binding moved yet"
+    );
+
+    // The id for another amount is refused; so is a malformed id.
+    let (code, _, stderr) = pay("11", Some(&id)).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("422") && stderr.contains("already used"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = pay("11", Some("not valid")).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--payment-id"), "{stderr}");
+
+    // Over the balance: the cause and the numbers (10 is already in flight).
+    let (code, _, stderr) = pay("5000", None).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("insufficient_funds")
+            && stderr.contains("5000 requested")
+            && stderr.contains("only 990 is available in the channel"),
+        "{stderr}"
+    );
+
+    // The help documents the exit codes and the payment id.
+    let (code, help, _) = cli(
+        ["channel", "pay", "--help"].map(String::from).to_vec(),
+        cwd.clone(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        help.contains("--payment-id") && help.contains("3 pending"),
+        "{help}"
+    );
+    a.shutdown().await;
+}

@@ -9,7 +9,7 @@ use libp2p::identity::Keypair;
 use rand::Rng;
 use serde_json::{Value, json};
 use zerostate::NodeHandle;
-use zerostate::client::Client;
+use zerostate::client::{Change, Client};
 use zerostate::market::wire::now_ms;
 use zerostate::payments::channel::{Channel, Op};
 use zerostate::payments::wire::{
@@ -98,11 +98,12 @@ async fn channels_open_pay_and_close_through_the_api() {
     )
     .await;
     assert_eq!(status, 409, "{err}");
+    let text = err["error"].as_str().unwrap();
     assert!(
-        err["error"]
-            .as_str()
-            .unwrap()
-            .contains("insufficient_funds")
+        text.contains("insufficient_funds")
+            && text.contains("5000 requested")
+            && text.contains("only 940 is available in the channel"),
+        "the cause and the numbers: {text}"
     );
     let (status, _) = call(
         a,
@@ -583,10 +584,15 @@ async fn a_node_killed_while_paying_loses_no_acknowledged_payment() {
 
     let a = Process::start(&a_data, &bootstrap);
     let client = a.ready().await;
-    let opened = client
-        .open_channel(&b.peer_id().to_string(), 1_000_000, 0)
+    let Change::Done {
+        channel: opened, ..
+    } = client
+        .open_channel(&b.peer_id().to_string(), 1_000_000, 0, None)
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("B countersigns the open at once");
+    };
     let id: ChannelId = opened.id.parse().unwrap();
     let mut a = Some(a);
     let mut acked_max = 0u64;
@@ -604,7 +610,9 @@ async fn a_node_killed_while_paying_loses_no_acknowledged_payment() {
                 let id = id.to_string();
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
-                    while let Ok(view) = client.pay(&id, 1).await {
+                    while let Ok(Change::Done { channel: view, .. }) =
+                        client.pay(&id, 1, None).await
+                    {
                         seen.push(view.peer_balance);
                     }
                     seen
@@ -672,4 +680,234 @@ async fn a_node_killed_while_paying_loses_no_acknowledged_payment() {
     );
     last.kill();
     b.shutdown().await;
+}
+
+/// POSTs `body` to `path` with `Idempotency-Key: key`; returns the status, whether the
+/// answer says it was replayed, and the body.
+async fn post_keyed(node: &NodeHandle, path: &str, key: &str, body: Value) -> (u16, bool, Value) {
+    let url = format!("http://{}{}", node.http_addr(), path);
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .bearer_auth(node.api_token())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let replayed = resp
+        .headers()
+        .get("idempotent-replayed")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(false);
+    (status, replayed, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn quick_acks(mut config: zerostate::Config) -> zerostate::Config {
+    config.payments.ack_timeout_ms = 1_000;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_retried_while_the_payee_is_down_is_paid_exactly_once() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start(quick_acks(test_config(a_dir.path(), vec![]))).await;
+    let b_config = |a: &NodeHandle| quick_acks(test_config(b_dir.path(), vec![p2p_addr(a)]));
+    let b = start(b_config(&a)).await;
+    let b_id = b.peer_id();
+    eventually(Duration::from_secs(30), "A and B connected", || async {
+        (a.p2p().connected_peers().await.ok()?.contains(&b_id)).then_some(())
+    })
+    .await;
+    let credit = wallet(&a).await.initial_credit;
+    let (status, opened) = call(
+        &a,
+        "POST",
+        "/api/v1/channels",
+        json!({"peer_id": b_id.to_string(), "deposit": 1000}),
+    )
+    .await;
+    assert_eq!(status, 201, "{opened}");
+    let id = opened["id"].as_str().unwrap().to_owned();
+    let pay = format!("/api/v1/channels/{id}/pay");
+
+    // The payee goes away; the payment is signed and sent, and stays pending.
+    b.shutdown().await;
+    let (status, replayed, first) = post_keyed(&a, &pay, "retry-1", json!({"amount": 100})).await;
+    assert_eq!(status, 202, "{first}");
+    assert!(!replayed);
+    assert_eq!(first["status"], "pending", "{first}");
+    assert_eq!(first["kind"], "pay");
+    assert_eq!(first["payment_id"], "retry-1");
+    assert_eq!(first["channel_id"], id.as_str());
+    assert_eq!(
+        (first["amount"].as_u64(), first["number"].as_u64()),
+        (Some(100), Some(1))
+    );
+    assert_eq!(first["replayed"], false);
+    assert_eq!(first["channel"]["pending"], 1);
+    let message = first["message"].as_str().unwrap();
+    assert!(
+        message.contains("state 1") && message.contains("same payment id"),
+        "{message}"
+    );
+
+    // A retry is answered with the same pending payment, and pays nothing more.
+    let (status, replayed, again) = post_keyed(&a, &pay, "retry-1", json!({"amount": 100})).await;
+    assert_eq!(status, 202, "{again}");
+    assert!(replayed);
+    assert_eq!(
+        (again["number"].as_u64(), again["replayed"].as_bool()),
+        (Some(1), Some(true))
+    );
+    // The same id for another payment is refused.
+    let (status, _, err) = post_keyed(&a, &pay, "retry-1", json!({"amount": 150})).await;
+    assert_eq!(status, 422, "{err}");
+    let text = err["error"].as_str().unwrap();
+    assert!(
+        text.contains("retry-1") && text.contains("payment of 100"),
+        "{text}"
+    );
+    // The header and the body field must agree.
+    let (status, _, err) = post_keyed(
+        &a,
+        &pay,
+        "retry-1",
+        json!({"amount": 100, "payment_id": "other"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+
+    // The payer restarts too: the id is durable with the signed state that carries it.
+    a.shutdown().await;
+    let a = start(quick_acks(test_config(a_dir.path(), vec![]))).await;
+    let (status, replayed, again) = post_keyed(&a, &pay, "retry-1", json!({"amount": 100})).await;
+    assert_eq!(status, 202, "{again}");
+    assert!(replayed, "{again}");
+    assert_eq!(again["number"].as_u64(), Some(1));
+
+    // The payee comes back (same data dir, same identity); retries find the payment done.
+    let b = start(b_config(&a)).await;
+    let done = eventually(Duration::from_secs(60), "the payment completes", || async {
+        let (status, replayed, view) =
+            post_keyed(&a, &pay, "retry-1", json!({"amount": 100})).await;
+        assert!(replayed, "every retry is a replay: {view}");
+        (status == 200).then_some(view)
+    })
+    .await;
+    assert_eq!(
+        (done["balance"].as_u64(), done["peer_balance"].as_u64()),
+        (Some(900), Some(100))
+    );
+    assert_eq!(done["number"], 1);
+
+    // Once more after completion: the same answer, nothing moves.
+    let (status, replayed, view) = post_keyed(&a, &pay, "retry-1", json!({"amount": 100})).await;
+    assert_eq!(status, 200, "{view}");
+    assert!(replayed);
+    assert_eq!(
+        (view["balance"].as_u64(), view["number"].as_u64()),
+        (Some(900), Some(1))
+    );
+    let (status, _, err) = post_keyed(&a, &pay, "retry-1", json!({"amount": 7})).await;
+    assert_eq!(status, 422, "{err}");
+
+    // Exactly one payment, on both sides.
+    let channel: ChannelId = id.parse().unwrap();
+    let ours = a.payments().channel(channel).await.unwrap().unwrap();
+    let theirs = b.payments().channel(channel).await.unwrap().unwrap();
+    assert_eq!(
+        (ours.balance, ours.peer_balance, ours.number),
+        (900, 100, 1)
+    );
+    assert_eq!(
+        (theirs.balance, theirs.peer_balance, theirs.number),
+        (100, 900, 1)
+    );
+    assert_eq!(ours.pending, None);
+    assert_eq!(wallet(&a).await.available, credit - 1000);
+    let text = scrape(&a).await;
+    assert_eq!(
+        sum_where(
+            &text,
+            "zerostate_economic_payments_total",
+            &[r#"status="accepted""#]
+        ),
+        1.0
+    );
+
+    // A new id pays again.
+    let (status, replayed, view) = post_keyed(&a, &pay, "retry-2", json!({"amount": 100})).await;
+    assert_eq!(status, 200, "{view}");
+    assert!(!replayed);
+    assert_eq!(view["peer_balance"], 200);
+    for n in [a, b] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_to_a_silent_peer_is_pending_and_not_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(quick_acks(test_config(dir.path(), vec![]))).await;
+    let nobody = Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    let credit = wallet(&a).await.initial_credit;
+    let open = json!({"peer_id": nobody, "deposit": 500});
+    let (status, replayed, first) =
+        post_keyed(&a, "/api/v1/channels", "open-1", open.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    assert!(!replayed);
+    assert_eq!(first["kind"], "open");
+    assert_eq!(first["status"], "pending");
+    assert_eq!(
+        (first["number"].as_u64(), first["amount"].as_u64()),
+        (Some(0), Some(500))
+    );
+    assert_eq!(first["channel"]["status"], "opening");
+    let channel = first["channel_id"].as_str().unwrap().to_owned();
+
+    // The same id: the same channel, still pending.
+    let (status, replayed, again) =
+        post_keyed(&a, "/api/v1/channels", "open-1", open.clone()).await;
+    assert_eq!(status, 202, "{again}");
+    assert!(replayed);
+    assert_eq!(again["channel_id"], channel.as_str());
+    // Another id (or none) while that open is pending: refused, naming what exists.
+    let (status, err) = call(&a, "POST", "/api/v1/channels", open.clone()).await;
+    assert_eq!(status, 409, "{err}");
+    let text = err["error"].as_str().unwrap();
+    assert!(text.contains(&channel) && text.contains("open-1"), "{text}");
+    // The id with other parameters: refused.
+    let (status, _, err) = post_keyed(
+        &a,
+        "/api/v1/channels",
+        "open-1",
+        json!({"peer_id": nobody, "deposit": 501}),
+    )
+    .await;
+    assert_eq!(status, 422, "{err}");
+    let (_, page) = call(&a, "GET", "/api/v1/channels", json!({})).await;
+    assert_eq!(page["total"], 1, "one channel: {page}");
+    assert_eq!(wallet(&a).await.available, credit - 500);
+
+    // Too large a deposit says how much there is.
+    let (status, err) = call(
+        &a,
+        "POST",
+        "/api/v1/channels",
+        json!({"peer_id": Keypair::generate_ed25519().public().to_peer_id().to_string(), "deposit": credit}),
+    )
+    .await;
+    assert_eq!(status, 409, "{err}");
+    let text = err["error"].as_str().unwrap();
+    assert!(
+        text.contains("insufficient_funds")
+            && text.contains(&format!("{credit} requested"))
+            && text.contains(&format!("only {} is available in the wallet", credit - 500)),
+        "{text}"
+    );
+    a.shutdown().await;
 }

@@ -22,10 +22,15 @@ fn escrow_failed_ours(e: &PaymentsError) -> bool {
     match e {
         PaymentsError::Refused(_) | PaymentsError::Pending(_) => false,
         PaymentsError::Channel(_)
+        | PaymentsError::InsufficientFunds { .. }
         | PaymentsError::UnknownChannel
         | PaymentsError::Ledger(_)
         | PaymentsError::Stopped
-        | PaymentsError::Busy => true,
+        | PaymentsError::Busy
+        // The market's own locks carry no payment id and never open twice by request.
+        | PaymentsError::PaymentIdReused { .. }
+        | PaymentsError::InvalidPaymentId(_)
+        | PaymentsError::OpenPending { .. } => true,
     }
 }
 

@@ -35,22 +35,11 @@ impl PaymentsActor {
                 deposit,
                 their_deposit,
                 opened,
-                reply,
-            } => match self.open(peer, deposit, their_deposit) {
-                Ok(id) => {
-                    let _ = opened.send(id);
-                    self.channels
-                        .get_mut(&id)
-                        .expect("just opened")
-                        .waiting
-                        .push(Waiter::View(reply));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
-            Command::Pay { id, amount, reply } => {
-                self.enqueue(id, Op::Pay(amount), vec![Waiter::View(reply)]);
+                waiter,
+            } => self.open_once(peer, deposit, their_deposit, opened, waiter),
+            Command::Pay { id, amount, waiter } => self.pay(id, amount, waiter),
+            Command::Payment(id, request, reply) => {
+                let _ = reply.send(self.payment_view(&id, request));
             }
             Command::Close {
                 id,
@@ -162,7 +151,11 @@ impl PaymentsActor {
             return Err(ChannelError::TooManyChannels.into());
         }
         if deposit > self.wallet.available {
-            return Err(ChannelError::InsufficientFunds.into());
+            return Err(PaymentsError::InsufficientFunds {
+                place: Funds::Wallet,
+                available: self.wallet.available,
+                requested: deposit,
+            });
         }
         let id = ChannelId::random();
         let (channel, _) = Channel::open(&self.key, peer, id, deposit, their_deposit, now_ms())?;
@@ -206,7 +199,11 @@ impl PaymentsActor {
                     deposit
                 };
                 if deposit < amount {
-                    let _ = reply.send(Err(ChannelError::InsufficientFunds.into()));
+                    let _ = reply.send(Err(PaymentsError::InsufficientFunds {
+                        place: Funds::Wallet,
+                        available: self.wallet.available,
+                        requested: amount,
+                    }));
                     return;
                 }
                 match self.open(peer, deposit, 0) {
@@ -240,6 +237,9 @@ impl PaymentsActor {
         };
         if e.queue.len() >= MAX_QUEUED {
             for w in waiters {
+                if let Some(pid) = w.payment_id() {
+                    self.payment_ids.forget(pid);
+                }
                 w.fail(PaymentsError::Busy);
             }
             return;
@@ -272,6 +272,9 @@ impl PaymentsActor {
                 };
                 for q in e.queue.drain(..) {
                     for w in q.waiters {
+                        if let Some(pid) = w.payment_id() {
+                            self.payment_ids.forget(pid);
+                        }
                         w.fail(err.into());
                     }
                 }
@@ -297,7 +300,11 @@ impl PaymentsActor {
                 op = Op::Pay(total);
             }
             match e.channel.propose(&self.key, &op, now) {
-                Ok(_) => {
+                Ok(proposal) => {
+                    // Durable with the proposal, in this batch.
+                    for pid in waiters.iter().filter_map(Waiter::payment_id) {
+                        self.payment_ids.signed(pid, proposal.state.number);
+                    }
                     e.waiting = waiters;
                     e.proposed_at = Instant::now();
                     e.retry_at = None;
@@ -314,8 +321,22 @@ impl PaymentsActor {
                         e.channel.release_intents.retain(|r| r != x);
                         self.dirty.push(id);
                     }
+                    let err = match (err, &op) {
+                        (
+                            ChannelError::InsufficientFunds,
+                            Op::Pay(a) | Op::Lock { amount: a, .. },
+                        ) => PaymentsError::InsufficientFunds {
+                            place: Funds::Channel,
+                            available: e.channel.balance(),
+                            requested: *a,
+                        },
+                        (err, _) => err.into(),
+                    };
                     for w in waiters {
-                        w.fail(err.into());
+                        if let Some(pid) = w.payment_id() {
+                            self.payment_ids.forget(pid);
+                        }
+                        w.fail(err.clone());
                     }
                 }
             }
@@ -330,7 +351,12 @@ impl PaymentsActor {
         e.channel.close_unilaterally(&self.key, now_ms())?;
         e.close_requested = Some(Instant::now());
         for w in e.waiting.drain(..) {
-            w.fail(ChannelError::Closing.into());
+            if w.payment_id().is_some() {
+                // Its state may still count (if the peer disputes with it): say so.
+                self.after.push(After::Answer(w, id));
+            } else {
+                w.fail(ChannelError::Closing.into());
+            }
         }
         self.metrics.channel("closing", true);
         self.touch(id);

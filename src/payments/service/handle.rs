@@ -53,7 +53,8 @@ impl PaymentsService {
     }
 
     /// Opens a channel to `peer` with our `deposit` and asking `their_deposit` of it;
-    /// returns once the peer countersigned state 0.
+    /// returns once the peer countersigned state 0. Refused while an open of ours to `peer`
+    /// waits for its countersignature ([`PaymentsError::OpenPending`]).
     pub async fn open(
         &self,
         peer: PeerId,
@@ -67,8 +68,8 @@ impl PaymentsService {
                 peer,
                 deposit,
                 their_deposit,
-                opened,
-                reply,
+                opened: Some(opened),
+                waiter: Waiter::View(reply),
             })
             .await
             .map_err(|_| PaymentsError::Stopped)?;
@@ -81,10 +82,113 @@ impl PaymentsService {
         }
     }
 
+    /// Opens a channel like [`open`](Self::open), under `payment_id`: a retry with the same
+    /// id answers with the channel the first request opened (pending or done) and opens
+    /// none. Returns once the peer countersigned state 0 (`done`), or after the ack timeout
+    /// with the open `pending`; its errors are those of `open`, and
+    /// [`PaymentsError::PaymentIdReused`] if the id was used for something else.
+    pub async fn open_with_id(
+        &self,
+        peer: PeerId,
+        deposit: u64,
+        their_deposit: u64,
+        payment_id: PaymentId,
+    ) -> Result<PaymentView, PaymentsError> {
+        let (reply, rx) = oneshot::channel();
+        let request = new_request();
+        self.commands
+            .send(Command::Open {
+                peer,
+                deposit,
+                their_deposit,
+                opened: None,
+                waiter: Waiter::Payment {
+                    id: payment_id.clone(),
+                    reply,
+                    request,
+                },
+            })
+            .await
+            .map_err(|_| PaymentsError::Stopped)?;
+        self.wait_payment(payment_id, request, rx).await
+    }
+
     /// Pays `amount` to the channel's other party; returns once the peer countersigned.
     pub async fn pay(&self, id: ChannelId, amount: u64) -> Result<ChannelView, PaymentsError> {
-        self.ask_acked(Some(id), |reply| Command::Pay { id, amount, reply })
+        self.ask_acked(Some(id), |reply| Command::Pay {
+            id,
+            amount,
+            waiter: Waiter::View(reply),
+        })
+        .await
+    }
+
+    /// Pays `amount` in channel `id` under `payment_id`, at most once: a retry with the same
+    /// id answers with the payment the first request made (waiting for it like the first
+    /// did if it is still pending) and pays nothing; an id whose payment failed may be
+    /// reused. Returns once the peer countersigned (`done`), or after the ack timeout with
+    /// the payment `pending` (signed and sent, or queued; it completes when the peer
+    /// answers). Errors: those of [`pay`](Self::pay), and [`PaymentsError::PaymentIdReused`]
+    /// if the id was used for another payment.
+    pub async fn pay_with_id(
+        &self,
+        id: ChannelId,
+        amount: u64,
+        payment_id: PaymentId,
+    ) -> Result<PaymentView, PaymentsError> {
+        let (reply, rx) = oneshot::channel();
+        let request = new_request();
+        self.commands
+            .send(Command::Pay {
+                id,
+                amount,
+                waiter: Waiter::Payment {
+                    id: payment_id.clone(),
+                    reply,
+                    request,
+                },
+            })
             .await
+            .map_err(|_| PaymentsError::Stopped)?;
+        self.wait_payment(payment_id, request, rx).await
+    }
+
+    /// Where the payment (or open) of `payment_id` stands; `None` if the node does not know
+    /// the id (never used, forgotten, or its payment failed).
+    pub async fn payment(
+        &self,
+        payment_id: PaymentId,
+    ) -> Result<Option<PaymentView>, PaymentsError> {
+        // A tag no request has (requests are odd, ids loaded from the ledger 0): the view
+        // says `replayed`, as for any request but the one that made the payment.
+        self.ask(|tx| Command::Payment(payment_id, 2, tx)).await
+    }
+
+    /// Waits for the answer of a payment made under `payment_id`, at most the ack timeout;
+    /// then says where it stands.
+    async fn wait_payment(
+        &self,
+        payment_id: PaymentId,
+        request: u64,
+        mut rx: oneshot::Receiver<Result<PaymentView, PaymentsError>>,
+    ) -> Result<PaymentView, PaymentsError> {
+        match tokio::time::timeout(self.ack_timeout, &mut rx).await {
+            Ok(Ok(result)) => return result,
+            Ok(Err(_)) => return Err(PaymentsError::Stopped),
+            Err(_) => {}
+        }
+        let view = self
+            .ask(|tx| Command::Payment(payment_id, request, tx))
+            .await?;
+        if let Some(view) = view {
+            return Ok(view);
+        }
+        // It failed meanwhile: the answer says why.
+        match tokio::time::timeout(self.ack_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PaymentsError::Stopped),
+            Err(_) => Err(PaymentsError::Pending(None)),
+        }
     }
 
     /// Closes a channel: cooperatively (a final state both sign; returns once settled) or
@@ -152,4 +256,10 @@ impl PaymentsService {
     pub fn escrows(&self) -> &EscrowBook {
         &self.escrows
     }
+}
+
+/// A new request's tag: nonzero, so it differs from the tag of every payment id loaded from
+/// the ledger (0) and, all but surely, from every other request's.
+fn new_request() -> u64 {
+    rand::random::<u64>() | 1
 }

@@ -15,6 +15,7 @@
 
 mod commands;
 mod handle;
+mod ids;
 mod inbound;
 mod outbound;
 mod timers;
@@ -33,12 +34,13 @@ use tokio_util::sync::CancellationToken;
 use super::channel::{Channel, CloseAnswer, Op, Received, Settlement, Status};
 use super::escrow_book::EscrowBook;
 use super::metrics::PaymentMetrics;
+use super::payment_ids::{MAX_PAYMENT_IDS, Paid, PaymentId, PaymentIds};
 use super::record::{self, Wallet};
-use super::view::{ChannelPage, ChannelView, WalletView};
+use super::view::{ChannelPage, ChannelView, PaymentKind, PaymentStatus, PaymentView, WalletView};
 use super::wire::{
     ChannelError, ChannelId, DISPUTES_TOPIC, EscrowId, Evidence, Request, Response, Side, State,
 };
-use super::{PaymentsConfig, PaymentsError};
+use super::{Funds, PaymentsConfig, PaymentsError};
 use crate::clock::now_ms;
 use crate::ledger::{Ledger, LedgerError, Loaded, Write};
 use crate::p2p::{
@@ -66,6 +68,7 @@ const OPEN_GIVE_UP: Duration = Duration::from_secs(30);
 
 type ViewReply = oneshot::Sender<Result<ChannelView, PaymentsError>>;
 type LockReply = oneshot::Sender<Result<(), PaymentsError>>;
+type PaymentReply = oneshot::Sender<Result<PaymentView, PaymentsError>>;
 
 enum Command {
     Wallet(oneshot::Sender<WalletView>),
@@ -75,14 +78,17 @@ enum Command {
         peer: PeerId,
         deposit: u64,
         their_deposit: u64,
-        opened: oneshot::Sender<ChannelId>,
-        reply: ViewReply,
+        /// Told the channel's id at once (a call without a payment id).
+        opened: Option<oneshot::Sender<ChannelId>>,
+        waiter: Waiter,
     },
     Pay {
         id: ChannelId,
         amount: u64,
-        reply: ViewReply,
+        waiter: Waiter,
     },
+    /// Where the payment (or open) of a payment id stands, for the request with this tag.
+    Payment(PaymentId, u64, oneshot::Sender<Option<PaymentView>>),
     Close {
         id: ChannelId,
         unilateral: bool,
@@ -118,9 +124,25 @@ pub struct PaymentsService {
 enum Waiter {
     View(ViewReply),
     Lock(LockReply),
+    /// A request for a payment or open under a payment id (`request`: its tag; the id's
+    /// payment was made by another request, i.e. this one is replayed, if the id's record
+    /// carries another tag).
+    Payment {
+        id: PaymentId,
+        reply: PaymentReply,
+        request: u64,
+    },
 }
 
 impl Waiter {
+    /// The payment id it waits under, if any.
+    fn payment_id(&self) -> Option<&PaymentId> {
+        match self {
+            Self::Payment { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
     /// The change it waited for is durable: the channel as it is now, or done.
     fn succeed(self, channel: Option<&Channel>) {
         match self {
@@ -133,6 +155,10 @@ impl Waiter {
             Self::Lock(r) => {
                 let _ = r.send(Ok(()));
             }
+            Self::Payment { reply, .. } => {
+                // Answered by the actor, which knows the payment ids (see `answer`).
+                let _ = reply.send(Err(PaymentsError::UnknownChannel));
+            }
         }
     }
 
@@ -143,6 +169,9 @@ impl Waiter {
             }
             Self::Lock(r) => {
                 let _ = r.send(Err(e));
+            }
+            Self::Payment { reply, .. } => {
+                let _ = reply.send(Err(e));
             }
         }
     }
@@ -301,6 +330,8 @@ pub struct PaymentsActor {
     wallet: Wallet,
     escrows: EscrowBook,
     convicted: LruCache<(ChannelId, PeerId), ()>,
+    /// The payment ids remembered, with the channel and state that carry each payment.
+    payment_ids: PaymentIds,
     /// Every channel id this node ever held (settled ones leave memory, not this set): an id
     /// is never opened twice.
     known: HashSet<ChannelId>,
@@ -372,6 +403,7 @@ impl PaymentsService {
             wallet,
             escrows: escrows.clone(),
             convicted: LruCache::new(std::num::NonZeroUsize::new(CONVICTIONS).expect("nonzero")),
+            payment_ids: PaymentIds::load(MAX_PAYMENT_IDS, &loaded.payment_ids),
             known,
             dirty: Vec::new(),
             wallet_dirty,
@@ -380,6 +412,7 @@ impl PaymentsService {
             after: Vec::new(),
         };
         actor.prune_settled();
+        actor.drop_failed_payment_ids();
         actor.metrics.wallet(actor.wallet.available);
         for e in actor.channels.values() {
             if !e.channel.is_settled() {
@@ -490,6 +523,8 @@ impl PaymentsActor {
         for (id, bytes) in std::mem::take(&mut self.settlements) {
             writes.push(Write::Settlement(id.0.to_vec(), bytes));
         }
+        // In the same transaction as the states that carry their payments.
+        writes.extend(self.payment_ids.take_writes());
         if !writes.is_empty() {
             self.refresh_gauges();
             if let Err(e) = self.ledger.commit(writes).await {
@@ -524,9 +559,7 @@ impl PaymentsActor {
                 After::Convict(peer) => {
                     let _ = self.convictions.try_send(peer);
                 }
-                After::Answer(waiter, id) => {
-                    waiter.succeed(self.channels.get(&id).map(|e| &e.channel));
-                }
+                After::Answer(waiter, id) => self.answer(waiter, id),
             }
         }
         Ok(())

@@ -120,7 +120,11 @@ impl PaymentsActor {
                 match op {
                     Some(op) if retry => {
                         // Both sides proposed at once, or our number was behind: propose the
-                        // same change again, numbered above the peer's, after a pause.
+                        // same change again, numbered above the peer's, after a pause. Its
+                        // payments are queued again, no longer signed.
+                        for pid in waiters.iter().filter_map(Waiter::payment_id) {
+                            self.payment_ids.unsigned(pid);
+                        }
                         e.queue.push_front(Queued { op, waiters });
                         e.retry_at = Some(Instant::now() + e.backoff());
                     }
@@ -133,6 +137,9 @@ impl PaymentsActor {
                             self.metrics.payment_rejected();
                         }
                         for w in waiters {
+                            if let Some(pid) = w.payment_id() {
+                                self.payment_ids.forget(pid);
+                            }
                             w.fail(PaymentsError::Refused(reason.clone()));
                         }
                         if opening {
