@@ -160,6 +160,12 @@ pub enum PaymentsError {
     InvalidPaymentId(#[from] PaymentIdError),
 }
 
+impl From<crate::actor::Stopped> for PaymentsError {
+    fn from(_: crate::actor::Stopped) -> Self {
+        Self::Stopped
+    }
+}
+
 /// Where funds were looked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Funds {

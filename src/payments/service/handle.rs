@@ -7,12 +7,7 @@ impl PaymentsService {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, PaymentsError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| PaymentsError::Stopped)?;
-        rx.await.map_err(|_| PaymentsError::Stopped)
+        Ok(crate::actor::ask(&self.commands, make).await?)
     }
 
     /// Waits for a countersigned state, at most the configured ack timeout.
@@ -21,11 +16,7 @@ impl PaymentsService {
         channel: Option<ChannelId>,
         make: impl FnOnce(oneshot::Sender<Result<T, PaymentsError>>) -> Command,
     ) -> Result<T, PaymentsError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| PaymentsError::Stopped)?;
+        let rx = crate::actor::send(&self.commands, make).await?;
         match tokio::time::timeout(self.ack_timeout, rx).await {
             Err(_) => Err(PaymentsError::Pending(channel)),
             Ok(Err(_)) => Err(PaymentsError::Stopped),
@@ -62,17 +53,14 @@ impl PaymentsService {
         their_deposit: u64,
     ) -> Result<ChannelView, PaymentsError> {
         let (opened, id) = oneshot::channel();
-        let (reply, acked) = oneshot::channel();
-        self.commands
-            .send(Command::Open {
-                peer,
-                deposit,
-                their_deposit,
-                opened: Some(opened),
-                waiter: Waiter::View(reply),
-            })
-            .await
-            .map_err(|_| PaymentsError::Stopped)?;
+        let acked = crate::actor::send(&self.commands, |reply| Command::Open {
+            peer,
+            deposit,
+            their_deposit,
+            opened: Some(opened),
+            waiter: Waiter::View(reply),
+        })
+        .await?;
         // The id comes at once (none if the open was refused here: the reply says why).
         let id = id.await.ok();
         match tokio::time::timeout(self.ack_timeout, acked).await {
@@ -94,22 +82,19 @@ impl PaymentsService {
         their_deposit: u64,
         payment_id: PaymentId,
     ) -> Result<PaymentView, PaymentsError> {
-        let (reply, rx) = oneshot::channel();
         let request = new_request();
-        self.commands
-            .send(Command::Open {
-                peer,
-                deposit,
-                their_deposit,
-                opened: None,
-                waiter: Waiter::Payment {
-                    id: payment_id.clone(),
-                    reply,
-                    request,
-                },
-            })
-            .await
-            .map_err(|_| PaymentsError::Stopped)?;
+        let rx = crate::actor::send(&self.commands, |reply| Command::Open {
+            peer,
+            deposit,
+            their_deposit,
+            opened: None,
+            waiter: Waiter::Payment {
+                id: payment_id.clone(),
+                reply,
+                request,
+            },
+        })
+        .await?;
         self.wait_payment(payment_id, request, rx).await
     }
 
@@ -136,20 +121,17 @@ impl PaymentsService {
         amount: u64,
         payment_id: PaymentId,
     ) -> Result<PaymentView, PaymentsError> {
-        let (reply, rx) = oneshot::channel();
         let request = new_request();
-        self.commands
-            .send(Command::Pay {
-                id,
-                amount,
-                waiter: Waiter::Payment {
-                    id: payment_id.clone(),
-                    reply,
-                    request,
-                },
-            })
-            .await
-            .map_err(|_| PaymentsError::Stopped)?;
+        let rx = crate::actor::send(&self.commands, |reply| Command::Pay {
+            id,
+            amount,
+            waiter: Waiter::Payment {
+                id: payment_id.clone(),
+                reply,
+                request,
+            },
+        })
+        .await?;
         self.wait_payment(payment_id, request, rx).await
     }
 
