@@ -82,20 +82,14 @@ impl PaymentsService {
         their_deposit: u64,
         payment_id: PaymentId,
     ) -> Result<PaymentView, PaymentsError> {
-        let request = new_request();
-        let rx = crate::actor::send(&self.commands, |reply| Command::Open {
+        self.under_id(payment_id, |waiter| Command::Open {
             peer,
             deposit,
             their_deposit,
             opened: None,
-            waiter: Waiter::Payment {
-                id: payment_id.clone(),
-                reply,
-                request,
-            },
+            waiter,
         })
-        .await?;
-        self.wait_payment(payment_id, request, rx).await
+        .await
     }
 
     /// Pays `amount` to the channel's other party; returns once the peer countersigned.
@@ -121,15 +115,20 @@ impl PaymentsService {
         amount: u64,
         payment_id: PaymentId,
     ) -> Result<PaymentView, PaymentsError> {
+        self.under_id(payment_id, |waiter| Command::Pay { id, amount, waiter })
+            .await
+    }
+
+    /// Sends the change `make` builds around a waiter for `payment_id`, and waits for it.
+    async fn under_id(
+        &self,
+        payment_id: PaymentId,
+        make: impl FnOnce(Waiter) -> Command,
+    ) -> Result<PaymentView, PaymentsError> {
         let request = new_request();
-        let rx = crate::actor::send(&self.commands, |reply| Command::Pay {
-            id,
-            amount,
-            waiter: Waiter::Payment {
-                id: payment_id.clone(),
-                reply,
-                request,
-            },
+        let id = payment_id.clone();
+        let rx = crate::actor::send(&self.commands, |reply| {
+            make(Waiter::Payment { id, reply, request })
         })
         .await?;
         self.wait_payment(payment_id, request, rx).await
