@@ -51,14 +51,14 @@ Commands:
             running node. Retries for a few seconds while a port is still in
             use; waits for its /ready, then prints its peer id and addresses.
             The log is appended to node-N/node.log.
-  load [--rate R] [--duration SECONDS]
+  load [--rate R] [--duration SECONDS] [--drain SECONDS]
             Run 'zerostate load' against the running devnet, one --data-dir
             per running node: submit R tasks per second (default 2, may be
             fractional) for SECONDS (default 30), round-robin over the nodes;
             kinds $LOAD_KIND (pow difficulty $LOAD_DIFFICULTY, matmul n $LOAD_MATMUL_N).
             Every node is requester and provider (never of its own tasks).
             Prints a progress line every second, then 'summary: ...'; waits
-            up to 60s after SECONDS for tasks to end. Exits with zerostate's
+            up to --drain seconds (default 60) after SECONDS for tasks to end. Exits with zerostate's
             status: 0 if no task failed and none is still running, else 1.
   help      Show this text.
 
@@ -694,7 +694,7 @@ print_summary() {
     info "  (or --config.file=$DEVNET_DIR/prometheus-http-sd.yml: the nodes found through node 1's /api/v1/sd)"
     info ""
     info "Check it:  ${env_prefix}$SCRIPT_DIR/devnet.sh status"
-    info "Load it:   ${env_prefix}$SCRIPT_DIR/devnet.sh load [--rate R] [--duration SECONDS]"
+    info "Load it:   ${env_prefix}$SCRIPT_DIR/devnet.sh load [--rate R] [--duration SECONDS] [--drain SECONDS]"
     info "Crash it:  ${env_prefix}$SCRIPT_DIR/devnet.sh kill N"
     info "Restart:   ${env_prefix}$SCRIPT_DIR/devnet.sh restart N   (same ports and peer id)"
     info "Stop it:   ${env_prefix}$SCRIPT_DIR/devnet.sh down"
@@ -1152,19 +1152,26 @@ positive_number() {
 }
 
 cmd_load() {
-    local rate=2 duration=30
+    local rate=2 duration=30 drain=60
     while (($# > 0)); do
         case "$1" in
-            --rate | --duration)
+            --rate | --duration | --drain)
                 (($# >= 2)) || die "load: $1 needs a value"
-                if [[ "$1" == --rate ]]; then rate="$2"; else duration="$2"; fi
+                case "$1" in
+                    --rate) rate="$2" ;;
+                    --duration) duration="$2" ;;
+                    --drain) drain="$2" ;;
+                esac
                 shift 2
                 ;;
             --rate=*) rate="${1#*=}"; shift ;;
             --duration=*) duration="${1#*=}"; shift ;;
-            *) die "load: unknown argument '$1' (usage: $PROG load [--rate R] [--duration SECONDS])" ;;
+            --drain=*) drain="${1#*=}"; shift ;;
+            *) die "load: unknown argument '$1' (usage: $PROG load [--rate R] [--duration SECONDS] [--drain SECONDS])" ;;
         esac
     done
+    [[ "$drain" =~ ^[0-9]+$ ]] ||
+        die "load: --drain must be a whole number of seconds, got '$drain'"
     positive_number "$rate" ||
         die "load: --rate must be a number of tasks per second above 0, got '$rate'"
     [[ "$duration" =~ ^[1-9][0-9]*$ ]] ||
@@ -1208,7 +1215,7 @@ cmd_load() {
     # directly. Each node's token is read from its data dir; a token in the
     # caller's environment would override them all, so it is cleared.
     exec env -u ZEROSTATE_API_TOKEN "$BIN" load "${args[@]}" \
-        --rate "$rate" --duration "$duration" \
+        --rate "$rate" --duration "$duration" --drain "$drain" \
         --kind "$LOAD_KIND" --difficulty "$LOAD_DIFFICULTY" --n "$LOAD_MATMUL_N"
 }
 

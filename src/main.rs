@@ -45,7 +45,9 @@ struct Cli {
 enum Command {
     /// Run a node until SIGINT or SIGTERM.
     Node(NodeArgs),
-    /// Print this node's peer id (from the identity key in the data dir).
+    /// Print this node's peer id (from the identity key in the data dir). A bootstrap address
+    /// for others is one of its listen addresses followed by /p2p/<this id>, e.g.
+    /// /ip4/203.0.113.7/tcp/4001/p2p/<id>.
     Id(DirArgs),
     /// Create a new identity key in the data dir (refuses to overwrite one).
     Keygen(DirArgs),
