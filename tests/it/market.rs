@@ -483,3 +483,65 @@ async fn reputation_from_an_older_versions_file_moves_into_the_ledger() {
     );
     node.shutdown().await;
 }
+
+/// The requester's own escrow failing (its wallet cannot fund the channel) is its fault: the
+/// task fails `escrow_failed` with the numbers, and no provider loses reputation for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_that_cannot_fund_the_escrow_blames_no_provider() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut config = test_config(dirs[0].path(), vec![]);
+    market_config(&mut config, false);
+    config.market.max_retries = 1;
+    // No credit at all: no escrow can be funded.
+    config.payments.initial_credit = 0;
+    let requester = start(config).await;
+    let mut providers = Vec::new();
+    for dir in &dirs[1..] {
+        let mut config = test_config(dir.path(), vec![p2p_addr(&requester)]);
+        market_config(&mut config, true);
+        providers.push(start(config).await);
+    }
+    eventually(Duration::from_secs(60), "connected", || async {
+        (requester.p2p().connected_peers().await.ok()?.len() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let id = requester
+        .market()
+        .submit(pow(4, AuctionType::SecondPrice))
+        .await
+        .unwrap();
+    let task = finished(&requester, id).await;
+    assert_eq!(task.status, TaskStatus::Failed, "{task:#?}");
+    // Each attempt's winner failed on our wallet, and was left out of the next auction.
+    let winners: Vec<_> = task.attempts.iter().map(|a| a.winner.clone()).collect();
+    assert_eq!(task.attempts.len(), 2, "{task:#?}");
+    assert!(
+        winners[0].is_some() && winners[0] != winners[1],
+        "{task:#?}"
+    );
+    for attempt in &task.attempts {
+        assert_eq!(
+            attempt.outcome.as_deref(),
+            Some("escrow_failed"),
+            "{task:#?}"
+        );
+    }
+    let error = task.error.clone().unwrap_or_default();
+    assert!(error.starts_with("escrow_failed: "), "{error}");
+    let records = requester.market().reputation().await.unwrap();
+    for provider in &providers {
+        let id = provider.peer_id().to_string();
+        let failures: u64 = records
+            .iter()
+            .filter(|r| r.peer_id == id)
+            .map(|r| r.failures)
+            .sum();
+        assert_eq!(failures, 0, "blamed for our own wallet: {records:#?}");
+    }
+    requester.shutdown().await;
+    for provider in providers {
+        provider.shutdown().await;
+    }
+}
