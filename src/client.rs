@@ -1,6 +1,6 @@
-//! A client of a node's HTTP API, used by the `zerostate task`, `reputation` and `load`
-//! commands: find the node (from its data dir or a URL), submit tasks, read them, and drive
-//! a steady load.
+//! A client of a node's HTTP API, used by every command of the CLI that talks to a node
+//! (`task`, `reputation`, `wallet`, `channel`, `load`): find the node (from its data dir or a
+//! URL), submit and read tasks, fetch content, pay under a payment id, and drive a steady load.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -442,7 +442,8 @@ enum KindArg {
 enum AuctionArg {
     /// The winner pays its own bid.
     FirstPrice,
-    /// The winner pays the runner-up's bid (or its own, alone).
+    /// The winner pays the runner-up's bid (weighted by reputation when the auction is), or
+    /// the maximum price when it bid alone.
     SecondPrice,
 }
 

@@ -1,6 +1,6 @@
 //! The observer's side: the market's gossip. Announcements are checked and handed to the
 //! provider; published auction results are verified and remembered, so any node can say who
-//! won an auction at what price (the payments use it to check escrow claims).
+//! won an auction at what price (`MarketService::observed`).
 
 use super::{MarketActor, Observed, verdict};
 use crate::market::auction::verify_award;
