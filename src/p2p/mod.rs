@@ -12,6 +12,7 @@ mod handle;
 pub mod ip_limits;
 pub mod monitor;
 pub mod providers;
+pub mod rate_limit;
 pub mod routing;
 mod transport;
 
