@@ -327,3 +327,32 @@ impl P2pConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_are_checked() {
+        assert!(LimitsConfig::default().validate().is_ok());
+        let zero = LimitsConfig {
+            peer_requests_per_sec: 0,
+            ..Default::default()
+        };
+        let e = zero.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.peer_requests_per_sec"), "{e}");
+        let inflight = LimitsConfig {
+            max_inflight_requests_per_peer: MAX_INFLIGHT_PER_PEER + 1,
+            ..Default::default()
+        };
+        let e = inflight.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.max_inflight_requests_per_peer"), "{e}");
+        // An address bucket smaller than one peer's would limit a lone peer by its address.
+        let narrow = LimitsConfig {
+            address_request_burst: 10,
+            ..Default::default()
+        };
+        let e = narrow.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.address_requests_per_sec"), "{e}");
+    }
+}

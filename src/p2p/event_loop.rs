@@ -32,7 +32,7 @@ use super::frame_protocol::FrameCodec;
 use super::handle::{COMMAND_QUEUE, Command, NetStatus, P2pHandle, PublishError};
 use super::monitor::PeerMonitor;
 use super::providers::{Admission, ProviderLimits, RemoteProviders};
-use super::rate_limit::{InFlight, RateLimiter};
+use super::rate_limit::{Admission as RateAdmission, InFlight, RateLimiter};
 use super::routing::{
     FrameProtocol, GOSSIP_VERDICT_DEADLINE, GossipMessage, INBOUND_REPLY_DEADLINE, InboundRequest,
     MAX_PENDING_ANSWERS, Outbound, Reply, RequestError, Routes, Verdict,
@@ -647,6 +647,11 @@ impl EventLoop {
         let ip = self.connection_ips.get(&connection).copied();
         let admission = self.rate_limits.admit(peer, ip, Instant::now());
         if let Some(reason) = admission.refusal_label() {
+            if let RateAdmission::PeerLimited { first: true }
+            | RateAdmission::AddressLimited { first: true } = admission
+            {
+                tracing::info!(%peer, ?ip, protocol = label, reason, "peer over its request rate; refusing until its bucket refills");
+            }
             self.metrics.inbound_refused(label, reason);
             return;
         }

@@ -118,7 +118,7 @@ impl P2pMetrics {
         );
         p2p.register(
             "inbound_refused",
-            "Inbound requests refused by the router, by protocol and reason (busy: the service's inbox was full; no_reply: the service did not answer in time)",
+            "Inbound requests refused by the router, by protocol and reason (busy: the service's inbox was full; no_reply: the service did not answer in time; rate_limited, rate_limited_address: the peer's or its address's token bucket was empty; peer_busy: the peer had too many requests waiting)",
             m.inbound_refused.clone(),
         );
         p2p.register(

@@ -35,6 +35,8 @@ pub struct BucketLimit {
 struct Bucket {
     level: f64,
     at: Instant,
+    /// Whether a request was refused since the bucket was created (it is logged once).
+    refused: bool,
 }
 
 impl Bucket {
@@ -42,6 +44,7 @@ impl Bucket {
         Self {
             level: limit.burst,
             at: now,
+            refused: false,
         }
     }
 
@@ -95,10 +98,17 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
 pub enum Admission {
     /// Within both buckets: route it (one token taken from each).
     Admit,
-    /// The peer's own bucket is empty.
-    PeerLimited,
-    /// The bucket of the address it connected from is empty.
-    AddressLimited,
+    /// The peer's own bucket is empty; `first`: the first refusal since its bucket was last
+    /// full (worth a log line).
+    PeerLimited {
+        /// First refusal of this bucket.
+        first: bool,
+    },
+    /// The bucket of the address it connected from is empty (`first` as above).
+    AddressLimited {
+        /// First refusal of this bucket.
+        first: bool,
+    },
 }
 
 impl Admission {
@@ -106,8 +116,8 @@ impl Admission {
     pub fn refusal_label(self) -> Option<&'static str> {
         match self {
             Self::Admit => None,
-            Self::PeerLimited => Some("rate_limited"),
-            Self::AddressLimited => Some("rate_limited_address"),
+            Self::PeerLimited { .. } => Some("rate_limited"),
+            Self::AddressLimited { .. } => Some("rate_limited_address"),
         }
     }
 }
@@ -133,7 +143,8 @@ impl RateLimiter {
     pub fn admit(&mut self, peer: PeerId, ip: Option<IpAddr>, now: Instant) -> Admission {
         let peer_bucket = self.peers.get(peer, now);
         if peer_bucket.level < 1.0 {
-            return Admission::PeerLimited;
+            let first = !std::mem::replace(&mut peer_bucket.refused, true);
+            return Admission::PeerLimited { first };
         }
         let ip = ip
             .map(|ip| ip.to_canonical())
@@ -141,7 +152,8 @@ impl RateLimiter {
         if let Some(ip) = ip {
             let address = self.addresses.get(ip, now);
             if address.level < 1.0 {
-                return Admission::AddressLimited;
+                let first = !std::mem::replace(&mut address.refused, true);
+                return Admission::AddressLimited { first };
             }
             address.level -= 1.0;
         }
@@ -237,11 +249,17 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(l.admit(p, ip("10.0.0.1"), t0), Admission::Admit);
         }
-        assert_eq!(l.admit(p, ip("10.0.0.1"), t0), Admission::PeerLimited);
+        assert_eq!(
+            l.admit(p, ip("10.0.0.1"), t0),
+            Admission::PeerLimited { first: true }
+        );
         // A refusal takes nothing: after 100 ms, exactly one more token.
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(l.admit(p, ip("10.0.0.1"), t1), Admission::Admit);
-        assert_eq!(l.admit(p, ip("10.0.0.1"), t1), Admission::PeerLimited);
+        assert_eq!(
+            l.admit(p, ip("10.0.0.1"), t1),
+            Admission::PeerLimited { first: false }
+        );
         // Another peer is not affected.
         assert_eq!(
             l.admit(PeerId::random(), ip("10.0.0.2"), t1),
@@ -267,12 +285,12 @@ mod tests {
         let fresh = PeerId::random();
         assert_eq!(
             l.admit(fresh, ip("10.0.0.9"), t0),
-            Admission::AddressLimited
+            Admission::AddressLimited { first: false }
         );
         // IPv4-mapped IPv6 is the same address.
         assert_eq!(
             l.admit(fresh, ip("::ffff:10.0.0.9"), t0),
-            Admission::AddressLimited
+            Admission::AddressLimited { first: false }
         );
         // A peer on another address still gets in.
         assert_eq!(
@@ -295,9 +313,9 @@ mod tests {
         for _ in 0..100 {
             l.admit(PeerId::random(), ip("10.0.0.1"), t0);
         }
-        assert!(l.len() > 0);
+        assert!(!l.is_empty());
         l.prune(t0 + Duration::from_secs(1));
-        assert!(l.len() > 0, "not refilled yet");
+        assert!(!l.is_empty(), "not refilled yet");
         l.prune(t0 + Duration::from_secs(3));
         assert!(l.is_empty());
     }
