@@ -65,10 +65,10 @@ impl Default for LimitsConfig {
             max_established_per_peer: 2,
             idle_connection_timeout_secs: 30,
             handshake_timeout_ms: 5_000,
-            peer_requests_per_sec: 20,
-            peer_request_burst: 100,
-            address_requests_per_sec: 100,
-            address_request_burst: 400,
+            peer_requests_per_sec: 50,
+            peer_request_burst: 200,
+            address_requests_per_sec: 250,
+            address_request_burst: 1_000,
             max_inflight_requests_per_peer: 32,
         }
     }
