@@ -443,3 +443,43 @@ async fn a_retried_result_is_not_a_fault() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_holds_at_most_its_share_of_the_inboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![]);
+    market_config(&mut config, true);
+    // Buckets out of the way: only the cap on a peer's waiting requests is left.
+    config.limits.peer_requests_per_sec = 1_000_000;
+    config.limits.peer_request_burst = 1_000_000;
+    config.limits.address_requests_per_sec = 1_000_000;
+    config.limits.address_request_burst = 1_000_000;
+    config.limits.max_inflight_requests_per_peer = 2;
+    let node = start(config).await;
+    let stop = CancellationToken::new();
+    let key = Keypair::generate_ed25519();
+    let award = self_signed_award(&key);
+    let (_, stats) = flood(key, vec![target(&node)], award, stop.clone()).await;
+    let busy = eventually(
+        Duration::from_secs(30),
+        "the peer's excess requests are refused",
+        || async {
+            let text = scrape(&node).await;
+            let busy = sum_where(
+                &text,
+                "zerostate_p2p_inbound_refused_total",
+                &[r#"protocol="market""#, r#"reason="peer_busy""#],
+            );
+            (busy >= 100.0).then_some(busy)
+        },
+    )
+    .await;
+    stop.cancel();
+    // The rest were served: the peer's requests got through, two at a time.
+    assert!(stats.answered.load(Ordering::Relaxed) > 0);
+    eprintln!(
+        "peer_busy: {busy}, answered {}",
+        stats.answered.load(Ordering::Relaxed)
+    );
+    node.shutdown().await;
+}
