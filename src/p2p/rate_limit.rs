@@ -12,6 +12,13 @@
 //! Besides the rate, [`InFlight`] caps how many of one peer's requests wait on a service at
 //! once, so one peer never holds more than a bounded share of a service's inbox.
 //!
+//! Both live in the event loop rather than at the top of the services' request handlers: a
+//! refused request then never takes a slot of a service's inbox (which a flood would fill
+//! before the service could refuse anything), one limiter covers the market and channel
+//! protocols together, and only the swarm knows the address a request's connection came
+//! from. The price is that the event loop cannot tell a refusal from an acceptance (the
+//! answers are opaque frames), so every request costs the same token.
+//!
 //! Plain state machines with an explicit clock, unit- and property-tested.
 
 use std::collections::HashMap;
