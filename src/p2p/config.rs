@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config_value::{ConfigValueError, DAY_MS, DAY_SECS, MANY, in_range};
 
-/// Connection limits (see `libp2p::connection_limits`). Bootstrap peers bypass them.
+/// Largest `limits.max_inflight_requests_per_peer`: a service's inbox holds 256 requests.
+pub const MAX_INFLIGHT_PER_PEER: u32 = 128;
+
+/// Connection limits (see `libp2p::connection_limits`; bootstrap peers bypass them) and the
+/// rate limits of the market and channel protocols (see [`super::rate_limit`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -33,6 +37,20 @@ pub struct LimitsConfig {
     /// A connection must finish its transport handshake (noise, yamux) within this many
     /// milliseconds, in either direction.
     pub handshake_timeout_ms: u64,
+    /// Market and channel requests one identity may send per second (its token bucket's
+    /// rate). Every request costs a token, refused or not; over it, requests are dropped
+    /// unanswered before they are decoded.
+    pub peer_requests_per_sec: u32,
+    /// Most market and channel requests one identity may send at once (its bucket's size).
+    pub peer_request_burst: u32,
+    /// Market and channel requests all identities connected from one IP address may send
+    /// per second together (loopback is not limited per address).
+    pub address_requests_per_sec: u32,
+    /// Most market and channel requests from one IP address at once.
+    pub address_request_burst: u32,
+    /// Most market and channel requests of one peer waiting on the services at once (their
+    /// inboxes hold 256), so one peer cannot fill an inbox for the others.
+    pub max_inflight_requests_per_peer: u32,
 }
 
 impl Default for LimitsConfig {
@@ -47,6 +65,11 @@ impl Default for LimitsConfig {
             max_established_per_peer: 2,
             idle_connection_timeout_secs: 30,
             handshake_timeout_ms: 5_000,
+            peer_requests_per_sec: 50,
+            peer_request_burst: 200,
+            address_requests_per_sec: 250,
+            address_request_burst: 1_000,
+            max_inflight_requests_per_peer: 32,
         }
     }
 }
@@ -74,6 +97,13 @@ impl LimitsConfig {
                 "limits.max_established_per_peer",
                 self.max_established_per_peer,
             ),
+            ("limits.peer_requests_per_sec", self.peer_requests_per_sec),
+            ("limits.peer_request_burst", self.peer_request_burst),
+            (
+                "limits.address_requests_per_sec",
+                self.address_requests_per_sec,
+            ),
+            ("limits.address_request_burst", self.address_request_burst),
         ] {
             in_range(key, value, 1..=MANY)?;
         }
@@ -84,6 +114,19 @@ impl LimitsConfig {
             self.handshake_timeout_ms,
             100..=DAY_MS,
         )?;
+        in_range(
+            "limits.max_inflight_requests_per_peer",
+            self.max_inflight_requests_per_peer,
+            1..=MAX_INFLIGHT_PER_PEER,
+        )?;
+        if self.address_requests_per_sec < self.peer_requests_per_sec
+            || self.address_request_burst < self.peer_request_burst
+        {
+            return Err(ConfigValueError::new(
+                "limits.address_requests_per_sec",
+                "the address bucket (address_requests_per_sec, address_request_burst) must not be smaller than one peer's (peer_requests_per_sec, peer_request_burst)",
+            ));
+        }
         if self.max_pending_incoming_per_ip >= self.max_pending_incoming {
             return Err(ConfigValueError::new(
                 "limits.max_pending_incoming_per_ip",
@@ -266,5 +309,50 @@ impl P2pConfig {
     /// Transport handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.handshake_timeout_ms)
+    }
+
+    /// The token bucket of one identity on the market and channel protocols.
+    pub fn peer_bucket(&self) -> super::rate_limit::BucketLimit {
+        super::rate_limit::BucketLimit {
+            per_sec: f64::from(self.limits.peer_requests_per_sec),
+            burst: f64::from(self.limits.peer_request_burst),
+        }
+    }
+
+    /// The token bucket of one IP address on the market and channel protocols.
+    pub fn address_bucket(&self) -> super::rate_limit::BucketLimit {
+        super::rate_limit::BucketLimit {
+            per_sec: f64::from(self.limits.address_requests_per_sec),
+            burst: f64::from(self.limits.address_request_burst),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_are_checked() {
+        assert!(LimitsConfig::default().validate().is_ok());
+        let zero = LimitsConfig {
+            peer_requests_per_sec: 0,
+            ..Default::default()
+        };
+        let e = zero.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.peer_requests_per_sec"), "{e}");
+        let inflight = LimitsConfig {
+            max_inflight_requests_per_peer: MAX_INFLIGHT_PER_PEER + 1,
+            ..Default::default()
+        };
+        let e = inflight.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.max_inflight_requests_per_peer"), "{e}");
+        // An address bucket smaller than one peer's would limit a lone peer by its address.
+        let narrow = LimitsConfig {
+            address_request_burst: 10,
+            ..Default::default()
+        };
+        let e = narrow.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.address_requests_per_sec"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 //! address book, remote provider records, peer monitor) are fed with swarm events.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -16,12 +17,12 @@ use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::addrs::{AddressBook, MAX_ADDRS_PER_PEER, dialable, metric_stack};
+use super::addrs::{AddressBook, MAX_ADDRS_PER_PEER, dialable, ip_of, metric_stack};
 use super::announce;
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, TOPICS};
 use super::bootstrap::Bootstrap;
@@ -31,6 +32,7 @@ use super::frame_protocol::FrameCodec;
 use super::handle::{COMMAND_QUEUE, Command, NetStatus, P2pHandle, PublishError};
 use super::monitor::PeerMonitor;
 use super::providers::{Admission, ProviderLimits, RemoteProviders};
+use super::rate_limit::{Admission as RateAdmission, InFlight, RateLimiter};
 use super::routing::{
     FrameProtocol, GOSSIP_VERDICT_DEADLINE, GossipMessage, INBOUND_REPLY_DEADLINE, InboundRequest,
     MAX_PENDING_ANSWERS, Outbound, Reply, RequestError, Routes, Verdict,
@@ -52,7 +54,12 @@ const MAX_ANNOUNCED_ADDRS: usize = 32;
 /// verdict on a gossip message.
 enum Answer {
     Content(ResponseChannel<ContentResponse>, Option<ContentResponse>),
-    Frame(FrameProtocol, ResponseChannel<Vec<u8>>, Option<Vec<u8>>),
+    Frame(
+        FrameProtocol,
+        PeerId,
+        ResponseChannel<Vec<u8>>,
+        Option<Vec<u8>>,
+    ),
     Verdict {
         id: MessageId,
         from: PeerId,
@@ -83,6 +90,12 @@ pub struct EventLoop {
     peer_lookups: HashMap<kad::QueryId, PeerId>,
     bootstrap: Bootstrap,
     allow_private_addrs: bool,
+    /// Token buckets of the market and channel protocols, per identity and per address.
+    rate_limits: RateLimiter,
+    /// Market and channel requests of each peer waiting on a service.
+    in_flight: InFlight,
+    /// The remote IP address of each open connection, for the address buckets.
+    connection_ips: HashMap<ConnectionId, IpAddr>,
 }
 
 impl EventLoop {
@@ -140,6 +153,9 @@ impl EventLoop {
             peer_lookups: HashMap::new(),
             bootstrap,
             allow_private_addrs: config.allow_private_addrs,
+            rate_limits: RateLimiter::new(config.peer_bucket(), config.address_bucket()),
+            in_flight: InFlight::new(config.limits.max_inflight_requests_per_peer),
+            connection_ips: HashMap::new(),
         };
         (event_loop, P2pHandle::new(local, tx, status_rx))
     }
@@ -174,6 +190,7 @@ impl EventLoop {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    self.rate_limits.prune(Instant::now());
                     self.dial_due_bootstrap_peers();
                     let dead = self.monitor.tick(Instant::now());
                     self.disconnect_dead(dead);
@@ -371,9 +388,15 @@ impl EventLoop {
                 tracing::warn!(%error, "listener error");
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 let addr = endpoint.get_remote_address().clone();
+                if let Some(ip) = ip_of(&addr) {
+                    self.connection_ips.insert(connection_id, ip);
+                }
                 tracing::debug!(peer = %peer_id, %addr, "connection established");
                 self.monitor.on_connected(peer_id, addr, Instant::now());
                 self.connected(&peer_id, Ok(()));
@@ -391,8 +414,10 @@ impl EventLoop {
                 peer_id,
                 endpoint,
                 num_established,
+                connection_id,
                 ..
             } => {
+                self.connection_ips.remove(&connection_id);
                 self.monitor.on_disconnected(
                     peer_id,
                     endpoint.get_remote_address(),
@@ -529,7 +554,8 @@ impl EventLoop {
                 let content = &mut self.swarm.behaviour_mut().content;
                 respond(content, channel, response, &self.metrics, "content");
             }
-            Answer::Frame(protocol, channel, response) => {
+            Answer::Frame(protocol, peer, channel, response) => {
+                self.in_flight.done(&peer);
                 let behaviour = frames(&mut self.swarm, protocol);
                 respond(
                     behaviour,
@@ -586,7 +612,7 @@ impl EventLoop {
         &mut self,
         event: request_response::Event<ContentRequest, ContentResponse>,
     ) {
-        if let Some((peer, request, channel)) =
+        if let Some((peer, _, request, channel)) =
             settle_outbound(event, |id| self.content_requests.remove(&id), "content")
         {
             let inbox = self.routes.content.as_ref();
@@ -608,15 +634,37 @@ impl EventLoop {
         event: request_response::Event<Vec<u8>, Vec<u8>>,
     ) {
         let label = protocol.label();
-        if let Some((peer, request, channel)) = settle_outbound(
+        let Some((peer, connection, request, channel)) = settle_outbound(
             event,
             |id| self.frame_requests.remove(&(protocol, id)),
             label,
-        ) {
-            let inbox = self.routes.frames.get(&protocol);
-            let answer = route_request(inbox, &self.answers, &self.metrics, label, peer, request);
-            self.await_answer(answer, move |r| Answer::Frame(protocol, channel, r));
+        ) else {
+            return;
+        };
+        // Before anything looks at the request: the peer's and its address's buckets (every
+        // request costs a token, whatever the service would answer), then its share of the
+        // services' inboxes. A refused request's stream is dropped unanswered.
+        let ip = self.connection_ips.get(&connection).copied();
+        let admission = self.rate_limits.admit(peer, ip, Instant::now());
+        if let Some(reason) = admission.refusal_label() {
+            if let RateAdmission::PeerLimited { first: true }
+            | RateAdmission::AddressLimited { first: true } = admission
+            {
+                tracing::info!(%peer, ?ip, protocol = label, reason, "peer over its request rate; refusing until its bucket refills");
+            }
+            self.metrics.inbound_refused(label, reason);
+            return;
         }
+        if !self.in_flight.start(peer) {
+            self.metrics.inbound_refused(label, "peer_busy");
+            return;
+        }
+        let inbox = self.routes.frames.get(&protocol);
+        let answer = route_request(inbox, &self.answers, &self.metrics, label, peer, request);
+        if answer.is_none() {
+            self.in_flight.done(&peer);
+        }
+        self.await_answer(answer, move |r| Answer::Frame(protocol, peer, channel, r));
     }
 
     /// Waits for a routed request's answer (if it was routed), then hands it to `on_answer`.
@@ -903,21 +951,21 @@ fn respond<C: request_response::Codec + Send + Clone + 'static>(
 }
 
 /// Settles outbound requests (responses and failures go to their waiting reply) and returns
-/// an inbound request for routing.
+/// an inbound request for routing, with the connection it came on.
 fn settle_outbound<Req, Resp>(
     event: request_response::Event<Req, Resp>,
     mut pending: impl FnMut(OutboundRequestId) -> Option<Reply<Resp>>,
     protocol: &'static str,
-) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
+) -> Option<(PeerId, ConnectionId, Req, ResponseChannel<Resp>)> {
     match event {
         request_response::Event::Message {
             peer,
+            connection_id,
             message:
                 request_response::Message::Request {
                     request, channel, ..
                 },
-            ..
-        } => return Some((peer, request, channel)),
+        } => return Some((peer, connection_id, request, channel)),
         request_response::Event::Message {
             message:
                 request_response::Message::Response {

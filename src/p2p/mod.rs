@@ -12,6 +12,7 @@ mod handle;
 pub mod ip_limits;
 pub mod monitor;
 pub mod providers;
+pub mod rate_limit;
 pub mod routing;
 mod transport;
 
@@ -117,7 +118,7 @@ impl P2pMetrics {
         );
         p2p.register(
             "inbound_refused",
-            "Inbound requests refused by the router, by protocol and reason (busy: the service's inbox was full; no_reply: the service did not answer in time)",
+            "Inbound requests refused by the router, by protocol and reason (busy: the service's inbox was full; no_reply: the service did not answer in time; rate_limited, rate_limited_address: the peer's or its address's token bucket was empty; peer_busy: the peer had too many requests waiting)",
             m.inbound_refused.clone(),
         );
         p2p.register(

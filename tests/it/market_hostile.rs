@@ -46,7 +46,7 @@ pub(crate) struct RawMarket {
     pub(crate) key: Keypair,
     pub(crate) id: PeerId,
     cmds: mpsc::Sender<Cmd>,
-    requests: mpsc::Receiver<(PeerId, Vec<u8>)>,
+    pub(crate) requests: mpsc::Receiver<(PeerId, Vec<u8>)>,
     pub(crate) gossip: mpsc::Receiver<(String, Vec<u8>)>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -297,7 +297,7 @@ impl RawMarket {
 
     /// Sends a raw frame; returns the node's answer (`Ok(reason)`: refused with a reason,
     /// `Ok("")`: accepted) or the stream error.
-    async fn request(&self, peer: PeerId, frame: Vec<u8>) -> Result<String, String> {
+    pub(crate) async fn request(&self, peer: PeerId, frame: Vec<u8>) -> Result<String, String> {
         let (tx, rx) = oneshot::channel();
         self.cmds.send(Cmd::Request(peer, frame, tx)).await.unwrap();
         let bytes = rx.await.unwrap()?;
@@ -591,7 +591,10 @@ async fn forged_and_malformed_announcements_are_refused_by_reason_and_not_forwar
 }
 
 /// Waits for an announcement of `requester` on the raw peer's gossip.
-async fn next_announcement(raw: &mut RawMarket, requester: PeerId) -> Signed<Announcement> {
+pub(crate) async fn next_announcement(
+    raw: &mut RawMarket,
+    requester: PeerId,
+) -> Signed<Announcement> {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let (topic, data) = raw.gossip.recv().await.unwrap();
@@ -607,7 +610,7 @@ async fn next_announcement(raw: &mut RawMarket, requester: PeerId) -> Signed<Ann
     .expect("the announcement reaches the raw peer")
 }
 
-fn bid_for(key: &Keypair, a: &Announcement, price: u64) -> Bid {
+pub(crate) fn bid_for(key: &Keypair, a: &Announcement, price: u64) -> Bid {
     Bid {
         auction_id: a.auction_id,
         requester: a.requester,

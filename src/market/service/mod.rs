@@ -344,6 +344,12 @@ impl MarketActor {
             request,
             reply,
         } = request;
+        if reply.is_closed() {
+            // The event loop gave up on it (counted there as `no_reply`), and the sender
+            // counts it as undelivered: a bid it thinks lost must not be booked.
+            tracing::debug!(%peer, "market request skipped: its answer is no longer awaited");
+            return;
+        }
         let result = match Request::decode(&request) {
             Err(refusal) => {
                 self.metrics.refused("request", refusal.label());

@@ -168,6 +168,27 @@ impl MarketActor {
     }
 
     pub(super) fn on_award(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), Refusal> {
+        // Cheap refusals first, on what the award claims: an award for no bid of ours (a
+        // replayed or self-signed one) costs a lookup, not three signature checks.
+        if let Some(claim) = wire::peek_award(bytes) {
+            let mine = self
+                .pending_bids
+                .get(&(claim.requester, claim.auction_id))
+                .is_some_and(|p| {
+                    p.bid.bytes == claim.winner_bid && p.announcement.bytes == claim.announcement
+                });
+            let refusal = if !mine {
+                Some(Refusal::NotWinner)
+            } else if claim.requester != peer {
+                Some(Refusal::WrongSigner)
+            } else {
+                None
+            };
+            if let Some(r) = refusal {
+                self.metrics.refused("award", r.label());
+                return Err(r);
+            }
+        }
         let award = open::<Award>(bytes)
             .and_then(|a| verify_award(&a.body).map(|()| a))
             .and_then(|a| {

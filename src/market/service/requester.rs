@@ -248,6 +248,19 @@ impl MarketActor {
     }
 
     pub(super) fn on_bid(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), Refusal> {
+        // Cheap refusals first, on what the bid claims: a lookup, not a signature check.
+        if let Some(claim) = crate::market::wire::peek_bid(bytes) {
+            let Some(running) = self.running.get(&claim.auction_id) else {
+                self.metrics.refused("bid", Refusal::UnknownAuction.label());
+                return Err(Refusal::UnknownAuction);
+            };
+            if claim.signer != peer {
+                let auction_type = running.book.announcement().auction_type.label();
+                self.metrics.bid(auction_type, "refused");
+                self.metrics.refused("bid", Refusal::WrongSigner.label());
+                return Err(Refusal::WrongSigner);
+            }
+        }
         let bid = match open::<Bid>(bytes) {
             Ok(bid) => bid,
             Err(r) => {
@@ -302,6 +315,25 @@ impl MarketActor {
     }
 
     pub(super) fn on_result(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), Refusal> {
+        // Cheap refusals first, on what the result claims: a lookup, not a signature check.
+        if let Some(claim) = crate::market::wire::peek_result(bytes) {
+            let from_winner = |winner: PeerId| winner == peer && claim.signer == peer;
+            let refusal = match self.running.get(&claim.auction_id).map(|r| &r.phase) {
+                None => Some(Refusal::UnknownAuction),
+                Some(&Phase::Awarded { winner, .. }) if from_winner(winner) => None,
+                Some(&Phase::Verifying { winner, .. }) if from_winner(winner) => {
+                    // The winner sent its result again (a retry after a lost answer): the
+                    // first one is being verified; no fault, nothing to do.
+                    tracing::debug!(%peer, auction = %claim.auction_id, "duplicate result ignored");
+                    return Ok(());
+                }
+                Some(_) => Some(Refusal::Unexpected),
+            };
+            if let Some(r) = refusal {
+                self.metrics.refused("result", r.label());
+                return Err(r);
+            }
+        }
         let result = match open::<TaskResult>(bytes) {
             Ok(r) => r,
             Err(r) => {

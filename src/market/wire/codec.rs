@@ -377,3 +377,209 @@ pub fn decode_response(bytes: &[u8]) -> Result<Result<(), String>, Refusal> {
         Ok(Err(m.reason.chars().take(MAX_REASON_LEN).collect()))
     }
 }
+
+/// The libp2p signed envelope's payload type and payload, read without its key or
+/// signature (protobuf skips the fields not named here).
+#[derive(Clone, PartialEq, Message)]
+struct EnvelopeFields {
+    #[prost(bytes = "vec", tag = "2")]
+    payload_type: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    payload: Vec<u8>,
+}
+
+/// What a signed message claims about itself, read by [`peek_bid`] and [`peek_result`]
+/// WITHOUT checking its signature. Good only for refusing cheaply: a message is trusted
+/// only once [`open`] verified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The auction it names.
+    pub auction_id: AuctionId,
+    /// The peer it claims to be signed by (a bid's bidder, a result's provider).
+    pub signer: PeerId,
+}
+
+/// What a signed award claims, read by [`peek_award`] WITHOUT checking any signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwardClaim {
+    /// Its announcement's auction id.
+    pub auction_id: AuctionId,
+    /// Its announcement's requester: who claims to have signed the award.
+    pub requester: PeerId,
+    /// The embedded announcement, byte for byte.
+    pub announcement: Vec<u8>,
+    /// The embedded winning bid, byte for byte.
+    pub winner_bid: Vec<u8>,
+}
+
+/// The payload of an envelope of type `T`, unverified; `None` if larger than `T`'s limit,
+/// not an envelope or of another type.
+fn peek_payload<T: WireMessage>(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() > T::MAX_BYTES {
+        return None;
+    }
+    let envelope = EnvelopeFields::decode(bytes).ok()?;
+    (envelope.payload_type == T::PAYLOAD_TYPE).then_some(envelope.payload)
+}
+
+/// The auction and the bidder a signed bid names, without checking its signature or
+/// its other fields; `None` whenever [`open`] would refuse it for its form (then let
+/// [`open`] say why).
+pub fn peek_bid(bytes: &[u8]) -> Option<Claim> {
+    let m: pb::Bid = decode(&peek_payload::<Bid>(bytes)?).ok()?;
+    Some(Claim {
+        auction_id: AuctionId::from_wire(&m.auction_id).ok()?,
+        signer: peer_id(&m.bidder).ok()?,
+    })
+}
+
+/// The auction and the provider a signed task result names, unverified (see [`peek_bid`]).
+pub fn peek_result(bytes: &[u8]) -> Option<Claim> {
+    let m: pb::TaskResult = decode(&peek_payload::<TaskResult>(bytes)?).ok()?;
+    Some(Claim {
+        auction_id: AuctionId::from_wire(&m.auction_id).ok()?,
+        signer: peer_id(&m.provider).ok()?,
+    })
+}
+
+/// The auction, the requester and the embedded announcement and winning bid of a signed
+/// award, none of their signatures checked (see [`peek_bid`]).
+pub fn peek_award(bytes: &[u8]) -> Option<AwardClaim> {
+    let m: pb::Award = decode(&peek_payload::<Award>(bytes)?).ok()?;
+    let a: pb::Announcement = decode(&peek_payload::<Announcement>(&m.announcement)?).ok()?;
+    Some(AwardClaim {
+        auction_id: AuctionId::from_wire(&a.auction_id).ok()?,
+        requester: peer_id(&a.requester).ok()?,
+        announcement: m.announcement,
+        winner_bid: m.winner_bid,
+    })
+}
+
+#[cfg(test)]
+mod peek_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn announcement(key: &Keypair) -> Signed<Announcement> {
+        sign(
+            key,
+            Announcement {
+                auction_id: AuctionId([7; AUCTION_ID_LEN]),
+                requester: key.public().to_peer_id(),
+                task: TaskSpec::Pow {
+                    input: b"x".to_vec(),
+                    difficulty: 4,
+                },
+                max_price: 100,
+                auction_type: AuctionType::FirstPrice,
+                created_at_ms: 1_000,
+                bid_deadline_ms: 2_000,
+                reputation_weighted: false,
+                execution_timeout_ms: 1_000,
+            },
+        )
+    }
+
+    fn bid(key: &Keypair, requester: PeerId) -> Signed<Bid> {
+        sign(
+            key,
+            Bid {
+                auction_id: AuctionId([7; AUCTION_ID_LEN]),
+                requester,
+                bidder: key.public().to_peer_id(),
+                price: 10,
+                expires_at_ms: 3_000,
+            },
+        )
+    }
+
+    fn award(requester: &Keypair, bidder: &Keypair) -> Signed<Award> {
+        let a = announcement(requester);
+        let b = bid(bidder, a.signer);
+        sign(
+            requester,
+            Award {
+                announcement: a,
+                winner_bid: b,
+                runner_up_bid: None,
+                price: 10,
+                winner_weight: 1000,
+                runner_up_weight: 1000,
+            },
+        )
+    }
+
+    #[test]
+    fn peeks_read_what_open_reads() {
+        let (r, p) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let b = bid(&p, r.public().to_peer_id());
+        let claim = peek_bid(&b.bytes).unwrap();
+        assert_eq!(claim.auction_id, b.body.auction_id);
+        assert_eq!(claim.signer, b.signer);
+        let result = sign(
+            &p,
+            TaskResult {
+                auction_id: AuctionId([9; AUCTION_ID_LEN]),
+                provider: p.public().to_peer_id(),
+                output: Output::PowNonce(3),
+                execution_ms: 5,
+            },
+        );
+        assert_eq!(
+            peek_result(&result.bytes),
+            Some(Claim {
+                auction_id: AuctionId([9; AUCTION_ID_LEN]),
+                signer: p.public().to_peer_id(),
+            })
+        );
+        let w = award(&r, &p);
+        let claim = peek_award(&w.bytes).unwrap();
+        assert_eq!(claim.auction_id, w.body.auction_id());
+        assert_eq!(claim.requester, w.signer);
+        assert_eq!(claim.announcement, w.body.announcement.bytes.to_vec());
+        assert_eq!(claim.winner_bid, w.body.winner_bid.bytes.to_vec());
+    }
+
+    #[test]
+    fn a_peek_does_not_check_signatures_but_refuses_the_wrong_type_and_size() {
+        let (r, p) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut b = bid(&p, r.public().to_peer_id()).bytes.to_vec();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        // open refuses the flipped signature; the peek still reads the claim.
+        assert_eq!(open::<Bid>(&b).err(), Some(Refusal::BadSignature));
+        assert!(peek_bid(&b).is_some());
+        // Another message type, or too large, is not peeked.
+        let w = award(&r, &p);
+        assert!(peek_bid(&w.bytes).is_none());
+        assert!(peek_award(&bid(&p, r.public().to_peer_id()).bytes).is_none());
+        let mut huge = w.bytes.to_vec();
+        huge.resize(MAX_AWARD_BYTES + 1, 0);
+        assert!(peek_award(&huge).is_none());
+        assert!(peek_bid(&[]).is_none());
+    }
+
+    proptest! {
+        /// No input makes a peek panic: random bytes, and valid messages cut or with a
+        /// byte changed.
+        #[test]
+        fn malformed_input_never_panics(
+            noise in proptest::collection::vec(any::<u8>(), 0..2048),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let _ = (peek_bid(&noise), peek_result(&noise), peek_award(&noise));
+            let (r, p) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+            for valid in [award(&r, &p).bytes.to_vec(), bid(&p, r.public().to_peer_id()).bytes.to_vec()] {
+                let short = &valid[..cut.index(valid.len())];
+                let _ = (peek_bid(short), peek_result(short), peek_award(short));
+                let mut changed = valid.clone();
+                let i = flip.index(changed.len());
+                changed[i] = byte;
+                let _ = (peek_bid(&changed), peek_result(&changed), peek_award(&changed));
+            }
+        }
+    }
+}

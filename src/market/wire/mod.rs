@@ -362,4 +362,7 @@ pub trait WireMessage: Sized {
 
 mod codec;
 
-pub use codec::{Request, decode_response, encode_response, open, sign};
+pub use codec::{
+    AwardClaim, Claim, Request, decode_response, encode_response, open, peek_award, peek_bid,
+    peek_result, sign,
+};

@@ -9,6 +9,12 @@ impl PaymentsActor {
             request,
             reply,
         } = request;
+        if reply.is_closed() {
+            // The event loop gave up on it (counted there as `no_reply`); the sender saw
+            // it fail, so it changes nothing here either.
+            tracing::debug!(%peer, "channel request skipped: its answer is no longer awaited");
+            return;
+        }
         let (label, result) = match Request::decode(&request) {
             Err(e) => ("frame", Err((e, 0))),
             Ok(r) => {
