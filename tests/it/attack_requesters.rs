@@ -537,7 +537,29 @@ async fn replayed_auctions_are_not_executed_twice_and_unpaid_work_stops_the_bids
 
     // The replay: the same auction id announced again while its lock still holds.
     let replayed = auctions[0];
-    thief.announce(replayed, 1_000, 1_500, 2_000).await;
+    let replay = thief.announce(replayed, 1_000, 1_500, 2_000).await;
+    if let Some(bid) = thief.bid_for(replayed, Duration::from_secs(3)).await {
+        // It bid again: award it, under the lock that paid for the first execution.
+        let award = sign(
+            &thief.key,
+            Award {
+                announcement: replay,
+                price: bid.body.price,
+                winner_bid: bid,
+                runner_up_bid: None,
+                winner_weight: 1000,
+                runner_up_weight: 1000,
+            },
+        );
+        let frame = Request::Award(award.bytes.clone()).encode();
+        let answer = thief.request(provider.peer_id(), frame).await;
+        let again = thief.results(&[replayed], 1, Duration::from_secs(10)).await;
+        assert_eq!(
+            again, 0,
+            "the provider executed the same auction twice (award answered {answer:?})"
+        );
+        panic!("the provider bid again on an auction it executed");
+    }
     eventually(
         Duration::from_secs(10),
         "the replay is withheld",
@@ -556,7 +578,7 @@ async fn replayed_auctions_are_not_executed_twice_and_unpaid_work_stops_the_bids
     assert_eq!(
         thief.drain_bids_for(replayed),
         0,
-        "the provider bid on an auction it executed"
+        "the provider bid again on an auction it executed"
     );
     // The executed award itself, sent again, is refused by name.
     assert_eq!(
