@@ -601,14 +601,21 @@ async fn replayed_auctions_are_not_executed_twice_and_unpaid_work_stops_the_bids
                 &text,
                 "zerostate_market_awards_settled_total",
                 &["outcome=\"unpaid\""],
-            ) >= 2.0
-                && sum_where(&text, "zerostate_market_requesters_penalised", &[]) >= 1.0)
+            ) >= 2.0)
                 .then_some(())
         },
     )
     .await;
     let fresh = AuctionId::random();
     thief.announce(fresh, 1_000, 1_500, 2_000).await;
+    assert!(
+        thief.bid_for(fresh, Duration::from_secs(3)).await.is_none(),
+        "the provider still bids for a requester that does not pay"
+    );
+    assert_eq!(
+        metric(provider, "zerostate_market_requesters_penalised", &[]).await,
+        1.0
+    );
     eventually(
         Duration::from_secs(10),
         "the next announcement is withheld",
@@ -624,10 +631,68 @@ async fn replayed_auctions_are_not_executed_twice_and_unpaid_work_stops_the_bids
         },
     )
     .await;
-    assert!(
-        thief.bid_for(fresh, Duration::from_secs(3)).await.is_none(),
-        "the provider still bids for a requester that does not pay"
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_that_pays_is_judged_paid_and_keeps_its_bids() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Short time limits, so the escrows expire (and are judged) within the test.
+    let nodes = start_network(&dirs, |c| {
+        let provider = c.data_dir != dirs[0].path();
+        market_config(c, provider);
+        c.market.provider.capacity = 2;
+        c.market.award_timeout_ms = 2_000;
+        c.market.execution_timeout_ms = 2_000;
+        c.market.verify_timeout_ms = 2_000;
+    })
+    .await;
+    let (requester, provider) = (&nodes[0], &nodes[1]);
+    for _ in 0..3 {
+        let id = requester
+            .market()
+            .submit(pow(4, AuctionType::FirstPrice))
+            .await
+            .unwrap();
+        let view = crate::market::finished(requester, id).await;
+        assert_eq!(view.status, TaskStatus::Success, "{view:#?}");
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the three awards judged paid",
+        || async {
+            let paid = metric(
+                provider,
+                "zerostate_market_awards_settled_total",
+                &["outcome=\"paid\""],
+            )
+            .await;
+            (paid >= 3.0).then_some(())
+        },
+    )
+    .await;
+    let text = scrape(provider).await;
+    assert_eq!(
+        sum_where(
+            &text,
+            "zerostate_market_awards_settled_total",
+            &["outcome=\"unpaid\""]
+        ),
+        0.0
     );
+    assert_eq!(
+        sum_where(&text, "zerostate_market_requesters_penalised", &[]),
+        0.0
+    );
+    let id = requester
+        .market()
+        .submit(pow(4, AuctionType::FirstPrice))
+        .await
+        .unwrap();
+    let view = crate::market::finished(requester, id).await;
+    assert_eq!(view.winner, Some(provider.peer_id().to_string()));
     for n in nodes {
         n.shutdown().await;
     }
