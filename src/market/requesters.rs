@@ -410,13 +410,11 @@ impl<R: Hash + Eq + Copy> Requesters<R> {
             .table
             .peek(&requester)
             .is_some_and(|s| self.deserves_penalty(s, now_ms));
-        if let Some(s) = self.existing(&requester) {
-            if deserves {
-                s.penalty_until_ms = now_ms.saturating_add(penalty);
-                s.lapsed = 0;
-                s.unpaid = 0;
-                s.parole = true;
-            }
+        if deserves && let Some(s) = self.existing(&requester) {
+            s.penalty_until_ms = now_ms.saturating_add(penalty);
+            s.lapsed = 0;
+            s.unpaid = 0;
+            s.parole = true;
         }
     }
 }
