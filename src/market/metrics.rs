@@ -49,6 +49,16 @@ struct MessageReason {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn duration_histogram() -> Histogram {
@@ -77,6 +87,9 @@ pub struct MarketMetrics {
     average_task_duration: Family<PeerLabel, FloatGauge>,
     average_task_cost: Family<PeerLabel, FloatGauge>,
     refused: Family<MessageReason, Counter>,
+    withheld: Family<ReasonLabel, Counter>,
+    settled: Family<OutcomeLabel, Counter>,
+    penalised: Gauge,
     peers: CappedKeys<PeerId>,
 }
 
@@ -104,6 +117,9 @@ impl MarketMetrics {
             average_task_duration: Family::default(),
             average_task_cost: Family::default(),
             refused: Family::default(),
+            withheld: Family::default(),
+            settled: Family::default(),
+            penalised: Gauge::default(),
             peers: CappedKeys::new(
                 max_peer_series,
                 labels.for_label("peer_id", max_peer_series),
@@ -180,10 +196,26 @@ impl MarketMetrics {
             "Mean price of each peer's successful tasks (capped)",
             m.average_task_cost.clone(),
         );
-        registry.sub_registry_with_prefix("market").register(
+        let market = registry.sub_registry_with_prefix("market");
+        market.register(
             "messages_refused",
             "Market messages refused, by message (announcement, bid, award, result, request) and reason; see docs/PROTOCOL.md",
             m.refused.clone(),
+        );
+        market.register(
+            "bids_withheld",
+            "Announcements this node as provider did not bid on because of the requester, by reason (backoff, penalty, bid_share, worker_share, replayed)",
+            m.withheld.clone(),
+        );
+        market.register(
+            "awards_settled",
+            "Awards this node executed, judged at their escrow's expiry, by outcome (paid, unpaid, undelivered)",
+            m.settled.clone(),
+        );
+        market.register(
+            "requesters_penalised",
+            "Requesters this node as provider gives no bids to for now (lapsed bids or unpaid awards)",
+            m.penalised.clone(),
         );
         m
     }
@@ -253,6 +285,21 @@ impl MarketMetrics {
                 error,
             })
             .inc();
+    }
+
+    /// A bid was withheld from a requester for `reason`.
+    pub fn withheld(&self, reason: &'static str) {
+        self.withheld.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// An executed award's escrow expired with `outcome`.
+    pub fn settled(&self, outcome: &'static str) {
+        self.settled.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Requesters penalised now.
+    pub fn requesters_penalised(&self, n: usize) {
+        self.penalised.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A message was refused.

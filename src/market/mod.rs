@@ -11,6 +11,7 @@ pub mod auction;
 pub mod kinds;
 mod metrics;
 pub mod reputation;
+pub mod requesters;
 mod service;
 pub mod task;
 mod view;
@@ -90,6 +91,18 @@ pub struct ProviderConfig {
     pub unit_price: u64,
     /// Random spread of its prices, in percent (0 for fixed prices).
     pub price_jitter_percent: u32,
+    /// After a requester refuses a bid, no bids for it for this long, in milliseconds;
+    /// doubled with each refusal in a row, up to `penalty_secs`.
+    pub refusal_backoff_ms: u64,
+    /// How long a requester that let bids lapse without an award or left executed awards
+    /// unpaid gets no bids, in seconds.
+    pub penalty_secs: u64,
+    /// Strikes (a bid lapsed without award: 1; an award left unpaid: 2) at which a requester
+    /// is penalised; each strike before halves the bids it may hold.
+    pub max_strikes: u32,
+    /// Most of the workers one requester's tasks may hold, in percent of `capacity` (at
+    /// least one worker).
+    pub max_worker_share_percent: u32,
 }
 
 impl Default for ProviderConfig {
@@ -100,6 +113,10 @@ impl Default for ProviderConfig {
             base_price: 10,
             unit_price: 1,
             price_jitter_percent: 10,
+            refusal_backoff_ms: 1_000,
+            penalty_secs: 300,
+            max_strikes: 4,
+            max_worker_share_percent: 50,
         }
     }
 }
@@ -165,6 +182,12 @@ impl MarketConfig {
         in_range("market.provider.unit_price", p.unit_price, 0..=1 << 40)?;
         let jitter = p.price_jitter_percent;
         in_range("market.provider.price_jitter_percent", jitter, 0..=100)?;
+        let backoff = p.refusal_backoff_ms;
+        in_range("market.provider.refusal_backoff_ms", backoff, 0..=600_000)?;
+        in_range("market.provider.penalty_secs", p.penalty_secs, 1..=604_800)?;
+        in_range("market.provider.max_strikes", p.max_strikes, 1..=64)?;
+        let share = p.max_worker_share_percent;
+        in_range("market.provider.max_worker_share_percent", share, 1..=100)?;
         self.reputation.validate()
     }
 }

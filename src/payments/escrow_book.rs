@@ -2,12 +2,12 @@
 //! hold them: the market checks here, without waiting on the payments actor, that a
 //! requester locked a task's price for it before it executes the task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
 
-use super::channel::{Channel, Status};
+use super::channel::{Channel, Outcome, Status};
 use super::wire::{ChannelId, EscrowId};
 
 /// A lock a peer holds for us: how much, until when, in which channel.
@@ -31,7 +31,13 @@ struct Book {
     locks: HashMap<(PeerId, EscrowId), Escrowed>,
     /// The keys each channel put in, so a channel's update touches only its own.
     by_channel: HashMap<ChannelId, Vec<(PeerId, EscrowId)>>,
+    /// Locks that were released to us, the latest [`RELEASED`] (oldest first).
+    released: HashSet<(PeerId, EscrowId)>,
+    released_order: VecDeque<(PeerId, EscrowId)>,
 }
+
+/// Released locks remembered, so a provider can tell at a lock's expiry that it was paid.
+const RELEASED: usize = 4096;
 
 impl EscrowBook {
     /// What `payer` locked for us under `escrow`, if it did, in an open channel.
@@ -40,16 +46,40 @@ impl EscrowBook {
         book.locks.get(&(*payer, *escrow)).copied()
     }
 
+    /// Whether `payer` released to us what it locked under `escrow` (among the latest
+    /// releases; a refunded or still locked escrow is not).
+    pub fn released(&self, payer: &PeerId, escrow: &EscrowId) -> bool {
+        let book = self.0.lock().expect("escrow book poisoned");
+        book.released.contains(&(*payer, *escrow))
+    }
+
     /// Mirrors `channel`'s locks held for us; a channel that is not open holds none we could
     /// still count on.
     pub(super) fn sync(&self, channel: &Channel) {
         let id = channel.id();
         let peer = channel.peer();
         let mut book = self.0.lock().expect("escrow book poisoned");
-        let Book { locks, by_channel } = &mut *book;
+        let Book {
+            locks,
+            by_channel,
+            released,
+            released_order,
+        } = &mut *book;
         for key in by_channel.remove(&id).unwrap_or_default() {
             if locks.get(&key).is_some_and(|e| e.channel == id) {
                 locks.remove(&key);
+            }
+            // A lock of ours that left the state by a release was paid to us.
+            if channel.lock(&key.1).is_none()
+                && channel.resolution(&key.1) == Some(Outcome::Released)
+                && released.insert(key)
+            {
+                released_order.push_back(key);
+                if released_order.len() > RELEASED
+                    && let Some(old) = released_order.pop_front()
+                {
+                    released.remove(&old);
+                }
             }
         }
         if channel.status != Status::Open {

@@ -5,6 +5,7 @@
 mod common;
 
 mod attack_flood;
+mod attack_requesters;
 mod channel_vectors;
 mod cli;
 mod content;

@@ -35,12 +35,13 @@ use tokio_util::sync::CancellationToken;
 
 use handle::Command;
 pub use handle::MarketService;
-use provider::PendingBid;
+use provider::{BidAnswer, PendingBid};
 use requester::{Running, Task};
 
 use super::kinds::{Executor, TaskKind};
 use super::metrics::MarketMetrics;
 use super::reputation::Reputation;
+use super::requesters::Requesters;
 use super::task::AttemptError;
 use super::wire::{AuctionId, Output, Refusal, TaskSpec};
 use super::{MarketConfig, MarketError};
@@ -80,6 +81,8 @@ enum Timer {
     BidDeadline(AuctionId),
     ResultDeadline(AuctionId),
     BidExpiry(AuctionKey),
+    /// An executed award's escrow has expired: was it paid?
+    PaymentDue(AuctionKey),
     Unban(PeerId),
 }
 
@@ -103,7 +106,7 @@ enum Job {
         kind: TaskKind,
         took: Option<Duration>,
         result: Result<(), String>,
-        auction: AuctionId,
+        auction: AuctionKey,
     },
     /// A winner's result was verified, or not.
     Verified {
@@ -115,7 +118,7 @@ enum Job {
     BidSent {
         auction: AuctionKey,
         auction_type: &'static str,
-        delivered: bool,
+        answer: BidAnswer,
     },
     Done,
 }
@@ -143,6 +146,10 @@ pub struct MarketActor {
     // Provider.
     pending_bids: HashMap<AuctionKey, PendingBid>,
     executing: usize,
+    /// What this node knows of the requesters it bids for, and the awards it executed.
+    requesters: Requesters<PeerId>,
+    /// Each requester's share of the workers, while it has tasks executing.
+    requester_workers: HashMap<PeerId, Arc<Semaphore>>,
     // Observer.
     observed: LruCache<AuctionKey, Observed>,
     // Standing.
@@ -199,6 +206,7 @@ impl MarketService {
             standing::load_reputation(&config, deps.reputation, &deps.data_dir);
         let dirty = legacy_file.is_some();
         let offered = config.provider.kinds.iter().copied().collect();
+        let requesters = provider::requesters(&config.provider);
         let actor = MarketActor {
             local: key.public().to_peer_id(),
             key,
@@ -218,6 +226,8 @@ impl MarketService {
             running: HashMap::new(),
             pending_bids: HashMap::new(),
             executing: 0,
+            requesters,
+            requester_workers: HashMap::new(),
             observed: LruCache::new(std::num::NonZeroUsize::new(OBSERVED).expect("nonzero")),
             reputation,
             legacy_file,
@@ -272,6 +282,7 @@ impl MarketActor {
                 },
                 _ = persist.tick() => {
                     self.refresh_peer_gauges();
+                    self.refresh_requester_gauge();
                     if self.dirty {
                         self.persist();
                     }
@@ -295,6 +306,7 @@ impl MarketActor {
             Job::Timer(Timer::BidDeadline(auction)) => self.close_auction(auction),
             Job::Timer(Timer::ResultDeadline(auction)) => self.result_deadline(auction),
             Job::Timer(Timer::BidExpiry(auction)) => self.bid_expired(auction),
+            Job::Timer(Timer::PaymentDue(auction)) => self.payment_due(auction),
             Job::Timer(Timer::Unban(peer)) => self.unban(peer),
             Job::Prepared { task, result } => self.prepared(task, result),
             Job::AwardDelivered {
@@ -320,8 +332,8 @@ impl MarketActor {
             Job::BidSent {
                 auction,
                 auction_type,
-                delivered,
-            } => self.bid_sent(auction, auction_type, delivered),
+                answer,
+            } => self.bid_sent(auction, auction_type, answer),
         }
     }
 

@@ -1,6 +1,11 @@
 //! The provider's side: bidding on other nodes' auctions, taking the awards this node won
 //! (only with the price locked in escrow for it), executing them on the worker pool and
 //! delivering the results.
+//!
+//! Requesters are judged ([`Requesters`]): a refused bid frees its slot at once and backs off
+//! from its requester; lapsed bids and awards left unpaid past their escrow's expiry thin,
+//! then stop, the bids a requester gets; an executed (requester, auction id) is never bid on
+//! or executed again; one requester's tasks hold at most its share of the workers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +18,10 @@ use tokio::sync::Semaphore;
 
 use super::{AuctionKey, Job, MarketActor, Timer, after, escrow_id};
 use crate::content::ContentService;
+use crate::market::ProviderConfig;
 use crate::market::auction::verify_award;
 use crate::market::kinds::{self, Executor, TaskKind};
+use crate::market::requesters::{Policy, Requesters, Settled};
 use crate::market::wire::{
     self, Announcement, Award, Bid, Refusal, Request, Signed, TaskResult, TaskSpec, now_ms, open,
     sign,
@@ -30,6 +37,40 @@ const BIDS_PER_WORKER: usize = 4;
 /// Most tries to deliver a task result, and the pause after the first failed one (growing).
 const RESULT_SENDS: u32 = 3;
 const RESULT_RETRY_AFTER: Duration = Duration::from_millis(500);
+/// After an executed award's escrow expires, the wait before judging whether it was paid (a
+/// release countersigned at the last moment lands meanwhile).
+const PAYMENT_GRACE: Duration = Duration::from_secs(2);
+/// Requesters remembered (an idle one is forgotten first).
+const MAX_REQUESTERS: usize = 1024;
+/// Executed (requester, auction id) remembered, never bid on or executed again.
+const MAX_EXECUTED: usize = 8192;
+
+/// How a requester answered a bid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BidAnswer {
+    /// It took the bid.
+    Accepted,
+    /// It refused it (any reason): the slot is free, and the requester is backed off from.
+    Refused,
+    /// It was never reached: the slot is free, and nothing is held against it.
+    Undelivered,
+}
+
+/// The requesters table for a provider configured by `p`.
+pub(super) fn requesters(p: &ProviderConfig) -> Requesters<PeerId> {
+    let slots = p.capacity * BIDS_PER_WORKER;
+    let share = usize::try_from(p.max_worker_share_percent).unwrap_or(100);
+    let policy = Policy {
+        // One requester may hold at most half of the bid slots, so a requester flooding
+        // announcements cannot take them all.
+        bid_cap: slots / 2,
+        worker_cap: (p.capacity * share / 100).max(1),
+        backoff_ms: p.refusal_backoff_ms,
+        penalty_ms: p.penalty_secs.saturating_mul(1_000),
+        max_strikes: p.max_strikes,
+    };
+    Requesters::new(policy, MAX_REQUESTERS, MAX_EXECUTED)
+}
 
 /// A bid this node made and may be awarded.
 pub(super) struct PendingBid {
@@ -60,14 +101,6 @@ impl MarketActor {
             || self.pending_bids.contains_key(&(a.requester, a.auction_id))
             || self.executing >= self.config.provider.capacity
             || self.pending_bids.len() >= slots
-            // One requester may hold at most half of them, so a requester flooding
-            // announcements cannot take every bid slot.
-            || self
-                .pending_bids
-                .values()
-                .filter(|p| p.announcement.body.requester == a.requester)
-                .count()
-                >= slots / 2
         {
             return;
         }
@@ -76,6 +109,13 @@ impl MarketActor {
         if price > a.max_price || a.bid_deadline_ms <= now {
             return;
         }
+        // What this requester did before decides whether it gets this bid.
+        if let Err(withheld) = self.requesters.may_bid(a.requester, a.auction_id, now) {
+            tracing::debug!(auction = %a.auction_id, requester = %a.requester, reason = withheld.label(), "bid withheld");
+            self.metrics.withheld(withheld.label());
+            return;
+        }
+        self.requesters.bid_placed(a.requester);
         let bid = sign(
             &self.key,
             Bid {
@@ -106,21 +146,21 @@ impl MarketActor {
                         wire::decode_response(&bytes).map_err(|e| format!("bad answer: {e}"))
                     }),
             };
-            let delivered = match delivered {
-                Ok(Ok(())) => true,
+            let answer = match delivered {
+                Ok(Ok(())) => BidAnswer::Accepted,
                 Ok(Err(reason)) => {
                     tracing::debug!(auction = %auction.1, reason, "bid refused");
-                    true
+                    BidAnswer::Refused
                 }
                 Err(e) => {
                     tracing::debug!(auction = %auction.1, error = e, "bid not delivered");
-                    false
+                    BidAnswer::Undelivered
                 }
             };
             Job::BidSent {
                 auction,
                 auction_type,
-                delivered,
+                answer,
             }
         });
         self.jobs.spawn(after(reserve, Timer::BidExpiry(auction)));
@@ -130,23 +170,38 @@ impl MarketActor {
         &mut self,
         auction: AuctionKey,
         auction_type: &'static str,
-        delivered: bool,
+        answer: BidAnswer,
     ) {
-        if delivered {
-            // A refused bid keeps its slot until it expires: a requester that refuses every
-            // bid at once must not make us bid without pause.
-            self.metrics.bid(auction_type, "sent");
-        } else if self.pending_bids.remove(&auction).is_some() {
-            // Never reached the requester: free the capacity it reserved.
-            self.metrics.bid(auction_type, "undelivered");
+        let requester = auction.0;
+        match answer {
+            BidAnswer::Accepted => {
+                self.metrics.bid(auction_type, "sent");
+                self.requesters.bid_accepted(requester);
+            }
+            BidAnswer::Refused => {
+                self.metrics.bid(auction_type, "sent");
+                // A refused bid frees its slot at once; the requester's back-off keeps a
+                // requester that refuses every bid from making us bid without pause.
+                if self.pending_bids.remove(&auction).is_some() {
+                    self.requesters.bid_refused(requester, now_ms());
+                }
+            }
+            BidAnswer::Undelivered => {
+                if self.pending_bids.remove(&auction).is_some() {
+                    // Never reached the requester: free the capacity it reserved.
+                    self.metrics.bid(auction_type, "undelivered");
+                    self.requesters.bid_undelivered(requester);
+                }
+            }
         }
     }
 
     pub(super) fn bid_expired(&mut self, auction: AuctionKey) {
         if let Some(p) = self.pending_bids.remove(&auction) {
-            // No award and no result seen: the bid simply lapsed.
+            // No award and no result seen: the bid lapsed, a strike for its requester.
             self.metrics
                 .bid(p.announcement.body.auction_type.label(), "lost");
+            self.requesters.bid_lapsed(auction.0, now_ms());
         }
     }
 
@@ -164,6 +219,7 @@ impl MarketActor {
         {
             self.metrics
                 .bid(pending.announcement.body.auction_type.label(), "lost");
+            self.requesters.bid_lost(key.0, now_ms());
         }
     }
 
@@ -177,7 +233,13 @@ impl MarketActor {
                 .is_some_and(|p| {
                     p.bid.bytes == claim.winner_bid && p.announcement.bytes == claim.announcement
                 });
-            let refusal = if !mine {
+            let refusal = if self
+                .requesters
+                .was_executed(claim.requester, claim.auction_id)
+            {
+                // Executed once already: one escrow lock never pays for two executions.
+                Some(Refusal::Replay)
+            } else if !mine {
                 Some(Refusal::NotWinner)
             } else if claim.requester != peer {
                 Some(Refusal::WrongSigner)
@@ -209,7 +271,12 @@ impl MarketActor {
                     now_ms() + u64::from(a.body.announcement.body.execution_timeout_ms);
                 let escrowed = locked
                     .is_some_and(|l| l.amount >= a.body.price && l.expires_at_ms >= need_until);
-                if a.body.winner() != self.local || !mine {
+                if a.body.winner() == self.local
+                    && self.requesters.was_executed(a.signer, a.body.auction_id())
+                {
+                    // Executed once already: one escrow lock never pays for two executions.
+                    Err(Refusal::Replay)
+                } else if a.body.winner() != self.local || !mine {
                     Err(Refusal::NotWinner)
                 } else if a.signer != peer {
                     Err(Refusal::WrongSigner)
@@ -236,6 +303,24 @@ impl MarketActor {
         self.metrics.bid(announcement.auction_type.label(), "won");
         self.record_observed(&award.body);
         self.executing += 1;
+        let requester = award.signer;
+        let now = now_ms();
+        self.requesters.awarded(requester, auction, now);
+        // Whether it was paid is judged once its escrow has expired.
+        let expires_at_ms = self
+            .payments
+            .escrows()
+            .locked(&requester, &escrow_id(&requester, auction))
+            .map_or(now, |l| l.expires_at_ms);
+        let due = Duration::from_millis(expires_at_ms.saturating_sub(now)) + PAYMENT_GRACE;
+        self.jobs
+            .spawn(after(due, Timer::PaymentDue((requester, auction))));
+        let worker_cap = self.requesters.policy().worker_cap;
+        let share = self
+            .requester_workers
+            .entry(requester)
+            .or_insert_with(|| Arc::new(Semaphore::new(worker_cap)))
+            .clone();
         let kind = TaskKind::of(&announcement.task);
         let job = Execution {
             key: self.key.clone(),
@@ -243,6 +328,7 @@ impl MarketActor {
             content: self.content.clone(),
             executor: self.executor.clone(),
             workers: self.workers.clone(),
+            share,
             announcement,
             local: self.local,
         };
@@ -254,7 +340,7 @@ impl MarketActor {
                 .await
                 .unwrap_or_else(|_| (None, Err("the executor panicked".into())));
             Job::Executed {
-                auction,
+                auction: (requester, auction),
                 kind,
                 took,
                 result,
@@ -265,18 +351,51 @@ impl MarketActor {
 
     pub(super) fn executed(
         &mut self,
-        auction: wire::AuctionId,
+        (requester, auction): AuctionKey,
         kind: TaskKind,
         took: Option<Duration>,
         result: Result<(), String>,
     ) {
         self.executing -= 1;
+        self.requesters
+            .execution_ended(requester, auction, result.is_ok());
+        if self
+            .requesters
+            .standing(&requester)
+            .is_none_or(|s| s.executing == 0)
+        {
+            self.requester_workers.remove(&requester);
+        }
         if let Some(took) = took {
             self.metrics.task_executed(kind.label(), took.as_secs_f64());
         }
         if let Err(e) = result {
             tracing::info!(%auction, error = e, "task execution failed");
         }
+    }
+
+    /// The escrow of an award this node executed has expired: released to us, or not.
+    pub(super) fn payment_due(&mut self, (requester, auction): AuctionKey) {
+        let released = self
+            .payments
+            .escrows()
+            .released(&requester, &escrow_id(&requester, auction));
+        let outcome = self
+            .requesters
+            .settle(requester, auction, released, now_ms());
+        if outcome == Settled::Unpaid {
+            tracing::info!(%auction, %requester, "an executed award was not paid");
+        }
+        if outcome != Settled::Unknown {
+            self.metrics.settled(outcome.label());
+        }
+        self.refresh_requester_gauge();
+    }
+
+    /// Sets the gauge of requesters this node gives no bids to for now.
+    pub(super) fn refresh_requester_gauge(&self) {
+        self.metrics
+            .requesters_penalised(self.requesters.penalised(now_ms()));
     }
 }
 
@@ -287,6 +406,8 @@ struct Execution {
     content: ContentService,
     executor: Arc<dyn Executor>,
     workers: Arc<Semaphore>,
+    /// The requester's share of the workers, taken before a worker.
+    share: Arc<Semaphore>,
     announcement: Announcement,
     local: PeerId,
 }
@@ -306,6 +427,10 @@ impl Execution {
         let input = tokio::time::timeout(limit, kinds::load_input(&a.task, &self.content))
             .await
             .map_err(|_| "fetching the inputs timed out".to_owned())??;
+        let share = tokio::time::timeout_at(deadline.into(), self.share.clone().acquire_owned())
+            .await
+            .map_err(|_| "no worker of this requester's share was free in time".to_owned())?
+            .map_err(|_| "worker pool closed".to_owned())?;
         let permit = self
             .workers
             .clone()
@@ -315,7 +440,7 @@ impl Execution {
         let executor = self.executor.clone();
         let started = Instant::now();
         let computed = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _permit = (permit, share);
             executor.execute(&input, deadline)
         })
         .await
