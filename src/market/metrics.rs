@@ -49,6 +49,11 @@ struct MessageReason {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn duration_histogram() -> Histogram {
@@ -77,6 +82,8 @@ pub struct MarketMetrics {
     average_task_duration: Family<PeerLabel, FloatGauge>,
     average_task_cost: Family<PeerLabel, FloatGauge>,
     refused: Family<MessageReason, Counter>,
+    on_probation: Gauge,
+    probation_bids: Family<ReasonLabel, Counter>,
     peers: CappedKeys<PeerId>,
 }
 
@@ -104,6 +111,8 @@ impl MarketMetrics {
             average_task_duration: Family::default(),
             average_task_cost: Family::default(),
             refused: Family::default(),
+            on_probation: Gauge::default(),
+            probation_bids: Family::default(),
             peers: CappedKeys::new(
                 max_peer_series,
                 labels.for_label("peer_id", max_peer_series),
@@ -152,7 +161,7 @@ impl MarketMetrics {
         );
         e.register(
             "task_errors",
-            "Failed task attempts of this node, by type and error (no_bids, award_refused, unreachable, timeout, wrong_result, fetch_failed, verify_timeout, verify_failed, input_failed)",
+            "Failed task attempts of this node, by type and error (no_bids, escrow_failed, award_refused, unreachable, timeout, wrong_result, fetch_failed, verify_timeout, verify_failed, input_failed)",
             m.task_errors.clone(),
         );
         e.register(
@@ -180,12 +189,40 @@ impl MarketMetrics {
             "Mean price of each peer's successful tasks (capped)",
             m.average_task_cost.clone(),
         );
-        registry.sub_registry_with_prefix("market").register(
+        let market = registry.sub_registry_with_prefix("market");
+        market.register(
             "messages_refused",
             "Market messages refused, by message (announcement, bid, award, result, request) and reason; see docs/PROTOCOL.md",
             m.refused.clone(),
         );
+        market.register(
+            "peers_on_probation",
+            "Providers without a verified result for this node that bid in its open auctions or hold its awards",
+            m.on_probation.clone(),
+        );
+        market.register(
+            "probation_bids",
+            "Bids of providers on probation left out when this node's auction closed, by reason (quota: it held its share of awards; proven_first: a newcomer failed the task and a proven provider bid)",
+            m.probation_bids.clone(),
+        );
+        for reason in super::auction::LeftOut::ALL {
+            let _ = m.probation_bids.get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            });
+        }
         m
+    }
+
+    /// Providers on probation in this node's open auctions now.
+    pub fn peers_on_probation(&self, n: usize) {
+        self.on_probation.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A bid on probation was left out at the close, for `reason`.
+    pub fn probation_bid_left_out(&self, reason: &'static str) {
+        self.probation_bids
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// An auction of `auction_type` changed status.

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod attack_winners;
 mod channel_vectors;
 mod cli;
 mod content;
