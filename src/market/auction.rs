@@ -56,6 +56,9 @@ pub enum Standing {
     Probation {
         /// Awards of this requester it holds (awarded, not yet ended).
         awards_held: usize,
+        /// It already failed a task of this requester by its doing: it gets a task only
+        /// when no other provider bid.
+        failed: bool,
     },
 }
 
@@ -76,17 +79,21 @@ pub enum LeftOut {
     Quota,
     /// A proven provider bid on a task a bidder on probation failed.
     ProvenFirst,
+    /// Its bidder on probation already failed a task of this requester, and another
+    /// provider bid.
+    FailedBefore,
 }
 
 impl LeftOut {
-    /// Both reasons.
-    pub const ALL: [LeftOut; 2] = [Self::Quota, Self::ProvenFirst];
+    /// Every reason.
+    pub const ALL: [LeftOut; 3] = [Self::Quota, Self::ProvenFirst, Self::FailedBefore];
 
     /// The `reason` label of `zerostate_market_probation_bids_total`.
     pub fn label(self) -> &'static str {
         match self {
             Self::Quota => "quota",
             Self::ProvenFirst => "proven_first",
+            Self::FailedBefore => "failed_before",
         }
     }
 }
@@ -242,34 +249,39 @@ impl AuctionBook {
     }
 
     /// Closes the book under `rule`: bids of bidders on probation at their quota are left
-    /// out, and under `proven_only` every bid on probation is left out when a proven one
-    /// remains. The selection (or `None` when nothing remains) and the bidders left out.
+    /// out; under `proven_only` every bid on probation is left out when a proven one remains;
+    /// and a bidder on probation that already failed is left out when any other bid remains.
+    /// The selection (or `None` when nothing remains) and the bidders left out.
     pub fn select_under(
         &self,
         rule: Probation,
         standing: impl Fn(&PeerId) -> Standing,
     ) -> (Option<Selection>, Vec<(PeerId, LeftOut)>) {
         let mut left_out = Vec::new();
-        let mut eligible = Vec::with_capacity(self.entries.len());
-        let mut proven = Vec::new();
+        let (mut proven, mut clean, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         for e in &self.entries {
             let bidder = e.bid.body.bidder;
             match standing(&bidder) {
                 Standing::Proven => proven.push(e.clone()),
-                Standing::Probation { awards_held } if awards_held >= rule.max_awards => {
+                Standing::Probation { awards_held, .. } if awards_held >= rule.max_awards => {
                     left_out.push((bidder, LeftOut::Quota));
                 }
-                Standing::Probation { .. } => eligible.push(e.clone()),
+                Standing::Probation { failed: true, .. } => failed.push(e.clone()),
+                Standing::Probation { failed: false, .. } => clean.push(e.clone()),
             }
         }
+        let leave = |entries: &mut Vec<Entry>, why: LeftOut, out: &mut Vec<(PeerId, LeftOut)>| {
+            out.extend(entries.drain(..).map(|e| (e.bid.body.bidder, why)));
+        };
         if rule.proven_only && !proven.is_empty() {
-            left_out.extend(
-                eligible
-                    .drain(..)
-                    .map(|e| (e.bid.body.bidder, LeftOut::ProvenFirst)),
-            );
+            leave(&mut clean, LeftOut::ProvenFirst, &mut left_out);
+            leave(&mut failed, LeftOut::ProvenFirst, &mut left_out);
+        } else if !proven.is_empty() || !clean.is_empty() {
+            leave(&mut failed, LeftOut::FailedBefore, &mut left_out);
         }
-        eligible.extend(proven);
+        let mut eligible = proven;
+        eligible.append(&mut clean);
+        eligible.append(&mut failed);
         (select(&self.announcement, &eligible), left_out)
     }
 }
@@ -611,7 +623,10 @@ mod tests {
                     if *p == proven {
                         Standing::Proven
                     } else {
-                        Standing::Probation { awards_held: n }
+                        Standing::Probation {
+                            awards_held: n,
+                            failed: false,
+                        }
                     }
                 }
             };
@@ -648,9 +663,29 @@ mod tests {
             );
             assert!(verify_award(&award_of(&r, &a, &s)).is_ok());
             // Without a proven bid, newcomers still get the task.
-            let nobody_proven = |_: &PeerId| Standing::Probation { awards_held: 0 };
+            let nobody_proven = |_: &PeerId| Standing::Probation {
+                awards_held: 0,
+                failed: false,
+            };
             let (s, out) = book.select_under(after, nobody_proven);
             assert_eq!(s.unwrap().winner.bid.body.bidder, ids[0]);
+            assert!(out.is_empty());
+            // A newcomer that already failed gets the task only when nobody else bid.
+            let failed_first = |p: &PeerId| Standing::Probation {
+                awards_held: 0,
+                failed: *p == ids[0],
+            };
+            let (s, out) = book.select_under(open, failed_first);
+            assert_eq!(s.unwrap().winner.bid.body.bidder, ids[2]);
+            assert_eq!(out, vec![(ids[0], LeftOut::FailedBefore)]);
+            let (alone, alone_keys) = book_with(&a, &[(1, 1250)]);
+            let alone_id = alone_keys[0].public().to_peer_id();
+            let failed = |_: &PeerId| Standing::Probation {
+                awards_held: 0,
+                failed: true,
+            };
+            let (s, out) = alone.select_under(after, failed);
+            assert_eq!(s.unwrap().winner.bid.body.bidder, alone_id);
             assert!(out.is_empty());
         }
     }
@@ -661,7 +696,10 @@ mod tests {
         /// one bid, and a bid is left out only for one of those reasons.
         #[test]
         fn probation_keeps_awards_verifiable(
-            bids in prop::collection::vec((1u64..=1000, 500u32..=1500, prop::option::of(0usize..3)), 1..8),
+            bids in prop::collection::vec(
+                (1u64..=1000, 500u32..=1500, prop::option::of((0usize..3, any::<bool>()))),
+                1..8,
+            ),
             max_awards in 0usize..3,
             proven_only in any::<bool>(),
             weighted in any::<bool>(),
@@ -679,35 +717,44 @@ mod tests {
                 .map(|(k, b)| {
                     let s = match b.2 {
                         None => Standing::Proven,
-                        Some(n) => Standing::Probation { awards_held: n },
+                        Some((n, failed)) => Standing::Probation {
+                            awards_held: n,
+                            failed,
+                        },
                     };
                     (k.public().to_peer_id(), s)
                 })
                 .collect();
             let rule = Probation { max_awards, proven_only };
             let (s, out) = book.select_under(rule, |p| standing[p]);
-            let any_proven = standing.values().any(|s| *s == Standing::Proven);
-            let any_eligible = standing.values().any(|s| match s {
+            let under_quota = |s: &Standing| match s {
                 Standing::Proven => true,
-                Standing::Probation { awards_held } => *awards_held < max_awards,
-            });
+                Standing::Probation { awards_held, .. } => *awards_held < max_awards,
+            };
+            let any_proven = standing.values().any(|s| *s == Standing::Proven);
+            let any_eligible = standing.values().any(under_quota);
+            let any_clean = standing
+                .values()
+                .any(|s| under_quota(s) && !matches!(s, Standing::Probation { failed: true, .. }));
             prop_assert_eq!(s.is_some(), any_eligible);
-            prop_assert_eq!(out.len() + usize::from(s.is_some()) + s.as_ref().map_or(0, |s| usize::from(s.runner_up.is_some())) <= bids.len(), true);
             if let Some(s) = s {
                 prop_assert!(verify_award(&award_of(&r, &a, &s)).is_ok());
-                let w = standing[&s.winner.bid.body.bidder];
-                if let Standing::Probation { awards_held } = w {
+                if let Standing::Probation { awards_held, failed } = standing[&s.winner.bid.body.bidder] {
                     prop_assert!(awards_held < max_awards);
                     prop_assert!(!(proven_only && any_proven));
+                    prop_assert!(!failed || !any_clean);
                 }
             }
             for (p, why) in out {
                 match (standing[&p], why) {
-                    (Standing::Probation { awards_held }, LeftOut::Quota) => {
+                    (Standing::Probation { awards_held, .. }, LeftOut::Quota) => {
                         prop_assert!(awards_held >= max_awards);
                     }
                     (Standing::Probation { .. }, LeftOut::ProvenFirst) => {
                         prop_assert!(proven_only && any_proven);
+                    }
+                    (Standing::Probation { failed, .. }, LeftOut::FailedBefore) => {
+                        prop_assert!(failed && any_clean);
                     }
                     (Standing::Proven, _) => prop_assert!(false, "a proven bid was left out"),
                 }

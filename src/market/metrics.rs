@@ -202,7 +202,7 @@ impl MarketMetrics {
         );
         market.register(
             "probation_bids",
-            "Bids of providers on probation left out when this node's auction closed, by reason (quota: it held its share of awards; proven_first: a newcomer failed the task and a proven provider bid)",
+            "Bids of providers on probation left out when this node's auction closed, by reason (quota: it held its share of awards; proven_first: a newcomer failed the task and a proven provider bid; failed_before: it failed a task of this node already and another provider bid)",
             m.probation_bids.clone(),
         );
         for reason in super::auction::LeftOut::ALL {

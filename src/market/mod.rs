@@ -75,7 +75,7 @@ impl Default for MarketConfig {
             max_kept_tasks: 1_000,
             default_max_price: 1_000,
             reputation_weighted: true,
-            probation_max_awards: 2,
+            probation_max_awards: 1,
             probation_weight: 1_250,
             provider: ProviderConfig::default(),
             reputation: ReputationConfig::default(),

@@ -491,7 +491,10 @@ mod tests {
             if proven[usize::from(i)] {
                 Standing::Proven
             } else {
-                Standing::Probation { awards_held: 0 }
+                Standing::Probation {
+                    awards_held: 0,
+                    failed: false,
+                }
             }
         };
         book.select_under(rule, standing)

@@ -126,9 +126,10 @@ impl MarketActor {
     }
 
     /// How `peer` stands when one of this node's auctions closes: proven, or on probation
-    /// with the awards of this node it holds now.
+    /// with the awards of this node it holds now and whether it failed one already.
     pub(super) fn standing(&self, peer: &PeerId, now: u64) -> Standing {
-        if !self.on_probation(peer, now) {
+        let record = self.reputation.record(peer, now);
+        if record.is_some_and(|r| !r.on_probation()) {
             return Standing::Proven;
         }
         let awards_held = self
@@ -136,7 +137,10 @@ impl MarketActor {
             .values()
             .filter(|r| r.phase.winner().is_some_and(|(w, _)| w == *peer))
             .count();
-        Standing::Probation { awards_held }
+        Standing::Probation {
+            awards_held,
+            failed: record.is_some_and(|r| r.failures > 0),
+        }
     }
 
     /// Providers on probation that bid in this node's open auctions or hold its awards.
