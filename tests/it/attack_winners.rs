@@ -304,8 +304,8 @@ async fn ten_fake_winners_do_not_stop_honest_tasks() {
     // The attack was real: the fakes won awards.
     assert!(fake_wins >= 2, "the fake winners never won ({fake_wins})");
     assert!(
-        succeeded >= 19,
-        "only {succeeded} of 20 honest tasks succeeded"
+        succeeded * 100 >= TASKS * 95,
+        "only {succeeded} of {TASKS} honest tasks succeeded"
     );
 
     // Every fake that won was blamed; no honest provider was, and no honest score fell.
