@@ -618,7 +618,6 @@ mod tests {
             let ids: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
             let proven = ids[1];
             let held = |n: usize| {
-                let proven = proven;
                 move |p: &PeerId| {
                     if *p == proven {
                         Standing::Proven
