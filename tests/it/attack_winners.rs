@@ -226,7 +226,12 @@ async fn ten_fake_winners_do_not_stop_honest_tasks() {
     let targets: Vec<&NodeHandle> = nodes.iter().collect();
     // One after the other: a node takes at most 8 pending connections per IP address.
     let mut fakes = Vec::new();
-    for _ in 0..10 {
+    // ATTACK_FAKES=0 measures the same load without the attack.
+    let n_fakes: usize = std::env::var("ATTACK_FAKES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    for _ in 0..n_fakes {
         let fake = FakeWinner::spawn(&targets);
         for r in requesters {
             eventually(Duration::from_secs(20), "a fake connects", || async {
@@ -302,7 +307,10 @@ async fn ten_fake_winners_do_not_stop_honest_tasks() {
         started.elapsed()
     );
     // The attack was real: the fakes won awards.
-    assert!(fake_wins >= 2, "the fake winners never won ({fake_wins})");
+    assert!(
+        n_fakes == 0 || fake_wins >= 2,
+        "the fake winners never won ({fake_wins})"
+    );
     assert!(
         succeeded * 100 >= TASKS * 95,
         "only {succeeded} of {TASKS} honest tasks succeeded"
