@@ -29,6 +29,12 @@ use crate::payments::PaymentsError;
 /// award travels is not blamed for it.
 pub(super) const LATE_MARGIN_MS: u64 = 2_000;
 
+/// Whether an award sent at `now_ms` to a bid expiring at `expires_at_ms` is late: a
+/// refusal of it is then this node's doing, not the winner's.
+fn award_is_late(now_ms: u64, expires_at_ms: u64) -> bool {
+    now_ms.saturating_add(LATE_MARGIN_MS) > expires_at_ms
+}
+
 /// Whether the winner is still connected to this node: if so, its silence is its own doing;
 /// if not, it could not be reached (a partition looks the same).
 async fn still_connected(p2p: &P2pHandle, winner: libp2p::PeerId) -> bool {
@@ -50,8 +56,10 @@ fn escrow_failed_ours(e: &PaymentsError) -> bool {
         | PaymentsError::Busy
         // The market's own locks carry no payment id and never open twice by request.
         | PaymentsError::PaymentIdReused { .. }
-        | PaymentsError::InvalidPaymentId(_)
-        | PaymentsError::OpenPending { .. } => true,
+        | PaymentsError::InvalidPaymentId(_) => true,
+        // Our earlier open to the winner still waits for its countersignature (the lock's
+        // caller looks whether the winner is connected before blaming it).
+        PaymentsError::OpenPending { .. } => false,
     }
 }
 
@@ -160,7 +168,7 @@ impl MarketActor {
                 Ok(Ok(())) => None,
                 // Not countersigned in time: silence on a live connection is the winner's
                 // doing; a winner we cannot reach gets a strike.
-                Ok(Err(PaymentsError::Pending(_))) | Err(_) => {
+                Ok(Err(PaymentsError::Pending(_) | PaymentsError::OpenPending { .. })) | Err(_) => {
                     if still_connected(&p2p, winner).await {
                         Some((
                             AttemptError::EscrowFailed { ours: false },
@@ -191,7 +199,7 @@ impl MarketActor {
             let limit = limit.saturating_sub(started.elapsed());
             // A winner may refuse an award sent after its bid expired, or so close to it that
             // the bid may lapse on the way.
-            let late = now_ms().saturating_add(LATE_MARGIN_MS) > winner_expires_ms;
+            let late = award_is_late(now_ms(), winner_expires_ms);
             let deliver = async {
                 // The bid's connection may have closed since: find the winner again.
                 p2p.connect(winner)
@@ -260,5 +268,51 @@ impl MarketActor {
             self.running.get(&auction).map(|r| &r.phase),
             Some(Phase::Awarded { .. })
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payments::Funds;
+
+    #[test]
+    fn a_lock_the_winner_does_not_take_is_not_ours() {
+        for theirs in [
+            PaymentsError::Refused("no".into()),
+            PaymentsError::Pending(None),
+            PaymentsError::OpenPending {
+                channel: crate::payments::wire::ChannelId([0; 32]),
+                peer: "p".into(),
+                payment_id: None,
+            },
+        ] {
+            assert!(!escrow_failed_ours(&theirs), "{theirs:?}");
+        }
+        for ours in [
+            PaymentsError::InsufficientFunds {
+                place: Funds::Wallet,
+                available: 0,
+                requested: 1,
+            },
+            PaymentsError::Stopped,
+            PaymentsError::Busy,
+            PaymentsError::UnknownChannel,
+        ] {
+            assert!(escrow_failed_ours(&ours), "{ours:?}");
+        }
+    }
+
+    #[test]
+    fn an_award_is_late_with_a_margin_for_its_way() {
+        // The built-in provider's bid stays open 8 s past the deadline; an award sent within
+        // the default award timeout (5 s) is never late.
+        let deadline = 1_000_000;
+        let expires = deadline + 8_000;
+        assert!(!award_is_late(deadline + 5_000, expires));
+        assert!(!award_is_late(expires - LATE_MARGIN_MS, expires));
+        assert!(award_is_late(expires - LATE_MARGIN_MS + 1, expires));
+        assert!(award_is_late(expires + 1, expires));
+        assert!(!award_is_late(0, u64::MAX));
     }
 }
