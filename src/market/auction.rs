@@ -10,6 +10,14 @@
 //! bid with which the winner would still have won, `⌊runner_up.price × w_r / w_w⌋`, capped at
 //! the maximum price; with a single bid, the maximum price. Without weighting this is the
 //! runner-up's bid.
+//!
+//! **Probation.** A bidder with no verified result for this requester is on probation: its
+//! weight is at least `probation_weight` ([`bidder_weight`]), and at the close
+//! ([`AuctionBook::select_under`]) its bid is left out when it already holds
+//! `max_awards` of this requester's awards, and when the task's last winner on probation
+//! failed it and a proven provider bid. Leaving bids out happens before the selection: the
+//! rule above then runs on the remaining bids, so the award still verifies from its own
+//! signed bids and weights ([`verify_award`]).
 
 use std::collections::HashSet;
 
@@ -25,6 +33,69 @@ use super::wire::{
 pub fn weight_for(score: f64) -> u32 {
     let w = (1000.0 * (1.5 - score.clamp(0.0, 1.0))).round() as u32;
     w.clamp(*WEIGHT.start(), *WEIGHT.end())
+}
+
+/// The weight of a bidder: [`weight_for`] its score, and at least `probation_weight` while it
+/// is on probation (no verified result for this requester yet), so a newcomer starts worse
+/// than neutral.
+pub fn bidder_weight(score: f64, on_probation: bool, probation_weight: u32) -> u32 {
+    let w = weight_for(score);
+    if on_probation {
+        w.max(probation_weight.clamp(*WEIGHT.start(), *WEIGHT.end()))
+    } else {
+        w
+    }
+}
+
+/// How a bidder stands with this requester when its auction closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// It delivered at least one verified result to this requester.
+    Proven,
+    /// No verified result yet; it holds `awards_held` of this requester's awards now.
+    Probation {
+        /// Awards of this requester it holds (awarded, not yet ended).
+        awards_held: usize,
+        /// It already failed a task of this requester by its doing: it gets a task only
+        /// when no other provider bid.
+        failed: bool,
+    },
+}
+
+/// The probation rule an auction closes under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probation {
+    /// Most awards of this requester a bidder on probation may hold at once.
+    pub max_awards: usize,
+    /// A winner on probation failed this task: bidders on probation are left out whenever a
+    /// proven provider bid.
+    pub proven_only: bool,
+}
+
+/// Why a bid was left out at the close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeftOut {
+    /// Its bidder on probation already holds its share of awards.
+    Quota,
+    /// A proven provider bid on a task a bidder on probation failed.
+    ProvenFirst,
+    /// Its bidder on probation already failed a task of this requester, and another
+    /// provider bid.
+    FailedBefore,
+}
+
+impl LeftOut {
+    /// Every reason.
+    pub const ALL: [LeftOut; 3] = [Self::Quota, Self::ProvenFirst, Self::FailedBefore];
+
+    /// The `reason` label of `zerostate_market_probation_bids_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Quota => "quota",
+            Self::ProvenFirst => "proven_first",
+            Self::FailedBefore => "failed_before",
+        }
+    }
 }
 
 /// A bid the book accepted, with its weight and arrival order.
@@ -175,6 +246,43 @@ impl AuctionBook {
     /// Closes the book: the selection, or `None` without bids.
     pub fn select(&self) -> Option<Selection> {
         select(&self.announcement, &self.entries)
+    }
+
+    /// Closes the book under `rule`: bids of bidders on probation at their quota are left
+    /// out; under `proven_only` every bid on probation is left out when a proven one remains;
+    /// and a bidder on probation that already failed is left out when any other bid remains.
+    /// The selection (or `None` when nothing remains) and the bidders left out.
+    pub fn select_under(
+        &self,
+        rule: Probation,
+        standing: impl Fn(&PeerId) -> Standing,
+    ) -> (Option<Selection>, Vec<(PeerId, LeftOut)>) {
+        let mut left_out = Vec::new();
+        let (mut proven, mut clean, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        for e in &self.entries {
+            let bidder = e.bid.body.bidder;
+            match standing(&bidder) {
+                Standing::Proven => proven.push(e.clone()),
+                Standing::Probation { awards_held, .. } if awards_held >= rule.max_awards => {
+                    left_out.push((bidder, LeftOut::Quota));
+                }
+                Standing::Probation { failed: true, .. } => failed.push(e.clone()),
+                Standing::Probation { failed: false, .. } => clean.push(e.clone()),
+            }
+        }
+        let leave = |entries: &mut Vec<Entry>, why: LeftOut, out: &mut Vec<(PeerId, LeftOut)>| {
+            out.extend(entries.drain(..).map(|e| (e.bid.body.bidder, why)));
+        };
+        if rule.proven_only && !proven.is_empty() {
+            leave(&mut clean, LeftOut::ProvenFirst, &mut left_out);
+            leave(&mut failed, LeftOut::ProvenFirst, &mut left_out);
+        } else if !proven.is_empty() || !clean.is_empty() {
+            leave(&mut failed, LeftOut::FailedBefore, &mut left_out);
+        }
+        let mut eligible = proven;
+        eligible.append(&mut clean);
+        eligible.append(&mut failed);
+        (select(&self.announcement, &eligible), left_out)
     }
 }
 
@@ -485,6 +593,171 @@ mod tests {
                 prop_assert!(u128::from(s.price) * u128::from(s.winner.weight) <= r.cost());
             }
             prop_assert!(verify_award(&award_of(&r, &a, &s)).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_newcomer_starts_worse_than_neutral() {
+        assert_eq!(bidder_weight(NEUTRAL_SCORE, true, 1250), 1250);
+        assert_eq!(bidder_weight(NEUTRAL_SCORE, false, 1250), NEUTRAL_WEIGHT);
+        // A newcomer that already failed keeps its worse weight; the floor never helps it.
+        assert_eq!(bidder_weight(0.0, true, 1250), 1500);
+        // Out-of-range settings stay within the wire's range.
+        assert_eq!(bidder_weight(NEUTRAL_SCORE, true, 9_999), 1500);
+    }
+
+    const NEUTRAL_SCORE: f64 = 0.5;
+
+    #[test]
+    fn probation_leaves_newcomers_out_at_their_quota_and_after_a_newcomer_failed() {
+        let r = Keypair::generate_ed25519();
+        for weighted in [false, true] {
+            let a = announcement(&r, AuctionType::SecondPrice, weighted);
+            // A newcomer at 1, a proven provider at 30, another newcomer at 20.
+            let (book, keys) = book_with(&a, &[(1, 1250), (30, 1000), (20, 1250)]);
+            let ids: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
+            let proven = ids[1];
+            let held = |n: usize| {
+                move |p: &PeerId| {
+                    if *p == proven {
+                        Standing::Proven
+                    } else {
+                        Standing::Probation {
+                            awards_held: n,
+                            failed: false,
+                        }
+                    }
+                }
+            };
+            let open = Probation {
+                max_awards: 1,
+                proven_only: false,
+            };
+            // Under its quota, the cheapest newcomer wins like anyone.
+            let (s, out) = book.select_under(open, held(0));
+            assert_eq!(s.unwrap().winner.bid.body.bidder, ids[0]);
+            assert!(out.is_empty());
+            // At its quota, both newcomers are left out: the proven provider wins.
+            let (s, out) = book.select_under(open, held(1));
+            let s = s.unwrap();
+            assert_eq!(s.winner.bid.body.bidder, proven);
+            assert_eq!(out.len(), 2);
+            assert!(out.iter().all(|(_, why)| *why == LeftOut::Quota));
+            assert!(verify_award(&award_of(&r, &a, &s)).is_ok());
+            // After a newcomer failed the task, a proven bid goes first.
+            let after = Probation {
+                max_awards: 1,
+                proven_only: true,
+            };
+            let (s, out) = book.select_under(after, held(0));
+            let s = s.unwrap();
+            assert_eq!(s.winner.bid.body.bidder, proven);
+            assert!(s.runner_up.is_none());
+            assert_eq!(
+                out,
+                vec![
+                    (ids[0], LeftOut::ProvenFirst),
+                    (ids[2], LeftOut::ProvenFirst)
+                ]
+            );
+            assert!(verify_award(&award_of(&r, &a, &s)).is_ok());
+            // Without a proven bid, newcomers still get the task.
+            let nobody_proven = |_: &PeerId| Standing::Probation {
+                awards_held: 0,
+                failed: false,
+            };
+            let (s, out) = book.select_under(after, nobody_proven);
+            assert_eq!(s.unwrap().winner.bid.body.bidder, ids[0]);
+            assert!(out.is_empty());
+            // A newcomer that already failed gets the task only when nobody else bid.
+            let failed_first = |p: &PeerId| Standing::Probation {
+                awards_held: 0,
+                failed: *p == ids[0],
+            };
+            let (s, out) = book.select_under(open, failed_first);
+            assert_eq!(s.unwrap().winner.bid.body.bidder, ids[2]);
+            assert_eq!(out, vec![(ids[0], LeftOut::FailedBefore)]);
+            let (alone, alone_keys) = book_with(&a, &[(1, 1250)]);
+            let alone_id = alone_keys[0].public().to_peer_id();
+            let failed = |_: &PeerId| Standing::Probation {
+                awards_held: 0,
+                failed: true,
+            };
+            let (s, out) = alone.select_under(after, failed);
+            assert_eq!(s.unwrap().winner.bid.body.bidder, alone_id);
+            assert!(out.is_empty());
+        }
+    }
+
+    proptest! {
+        /// Whatever the bids and standings: the award verifies from its own bids, no
+        /// newcomer at its quota wins, under `proven_only` a proven provider wins whenever
+        /// one bid, and a bid is left out only for one of those reasons.
+        #[test]
+        fn probation_keeps_awards_verifiable(
+            bids in prop::collection::vec(
+                (1u64..=1000, 500u32..=1500, prop::option::of((0usize..3, any::<bool>()))),
+                1..8,
+            ),
+            max_awards in 0usize..3,
+            proven_only in any::<bool>(),
+            weighted in any::<bool>(),
+            second in any::<bool>(),
+        ) {
+            let r = Keypair::generate_ed25519();
+            let kind = if second { AuctionType::SecondPrice } else { AuctionType::FirstPrice };
+            let mut a = announcement(&r, kind, weighted);
+            a.max_price = 1000;
+            let plain: Vec<(u64, u32)> = bids.iter().map(|b| (b.0, b.1)).collect();
+            let (book, keys) = book_with(&a, &plain);
+            let standing: std::collections::HashMap<PeerId, Standing> = keys
+                .iter()
+                .zip(&bids)
+                .map(|(k, b)| {
+                    let s = match b.2 {
+                        None => Standing::Proven,
+                        Some((n, failed)) => Standing::Probation {
+                            awards_held: n,
+                            failed,
+                        },
+                    };
+                    (k.public().to_peer_id(), s)
+                })
+                .collect();
+            let rule = Probation { max_awards, proven_only };
+            let (s, out) = book.select_under(rule, |p| standing[p]);
+            let under_quota = |s: &Standing| match s {
+                Standing::Proven => true,
+                Standing::Probation { awards_held, .. } => *awards_held < max_awards,
+            };
+            let any_proven = standing.values().any(|s| *s == Standing::Proven);
+            let any_eligible = standing.values().any(under_quota);
+            let any_clean = standing
+                .values()
+                .any(|s| under_quota(s) && !matches!(s, Standing::Probation { failed: true, .. }));
+            prop_assert_eq!(s.is_some(), any_eligible);
+            if let Some(s) = s {
+                prop_assert!(verify_award(&award_of(&r, &a, &s)).is_ok());
+                if let Standing::Probation { awards_held, failed } = standing[&s.winner.bid.body.bidder] {
+                    prop_assert!(awards_held < max_awards);
+                    prop_assert!(!(proven_only && any_proven));
+                    prop_assert!(!failed || !any_clean);
+                }
+            }
+            for (p, why) in out {
+                match (standing[&p], why) {
+                    (Standing::Probation { awards_held, .. }, LeftOut::Quota) => {
+                        prop_assert!(awards_held >= max_awards);
+                    }
+                    (Standing::Probation { .. }, LeftOut::ProvenFirst) => {
+                        prop_assert!(proven_only && any_proven);
+                    }
+                    (Standing::Probation { failed, .. }, LeftOut::FailedBefore) => {
+                        prop_assert!(failed && any_clean);
+                    }
+                    (Standing::Proven, _) => prop_assert!(false, "a proven bid was left out"),
+                }
+            }
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct MarketMetrics {
     withheld: Family<ReasonLabel, Counter>,
     settled: Family<OutcomeLabel, Counter>,
     penalised: Gauge,
+    on_probation: Gauge,
+    probation_bids: Family<ReasonLabel, Counter>,
     peers: CappedKeys<PeerId>,
 }
 
@@ -120,6 +122,8 @@ impl MarketMetrics {
             withheld: Family::default(),
             settled: Family::default(),
             penalised: Gauge::default(),
+            on_probation: Gauge::default(),
+            probation_bids: Family::default(),
             peers: CappedKeys::new(
                 max_peer_series,
                 labels.for_label("peer_id", max_peer_series),
@@ -168,7 +172,7 @@ impl MarketMetrics {
         );
         e.register(
             "task_errors",
-            "Failed task attempts of this node, by type and error (no_bids, award_refused, unreachable, timeout, wrong_result, fetch_failed, verify_timeout, verify_failed, input_failed)",
+            "Failed task attempts of this node, by type and error (no_bids, escrow_failed, award_refused, unreachable, timeout, wrong_result, fetch_failed, verify_timeout, verify_failed, input_failed)",
             m.task_errors.clone(),
         );
         e.register(
@@ -217,7 +221,34 @@ impl MarketMetrics {
             "Requesters this node as provider gives no bids to for now (lapsed bids or unpaid awards)",
             m.penalised.clone(),
         );
+        market.register(
+            "peers_on_probation",
+            "Providers without a verified result for this node that bid in its open auctions or hold its awards",
+            m.on_probation.clone(),
+        );
+        market.register(
+            "probation_bids",
+            "Bids of providers on probation left out when this node's auction closed, by reason (quota: it held its share of awards; proven_first: a newcomer failed the task and a proven provider bid; failed_before: it failed a task of this node already and another provider bid)",
+            m.probation_bids.clone(),
+        );
+        for reason in super::auction::LeftOut::ALL {
+            let _ = m.probation_bids.get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            });
+        }
         m
+    }
+
+    /// Providers on probation in this node's open auctions now.
+    pub fn peers_on_probation(&self, n: usize) {
+        self.on_probation.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A bid on probation was left out at the close, for `reason`.
+    pub fn probation_bid_left_out(&self, reason: &'static str) {
+        self.probation_bids
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// An auction of `auction_type` changed status.

@@ -52,6 +52,12 @@ pub struct MarketConfig {
     pub default_max_price: u64,
     /// Whether submitted tasks weight bids by reputation unless the request says otherwise.
     pub reputation_weighted: bool,
+    /// Most of this node's awards a provider on probation (no verified result for this node
+    /// yet) holds at once; its further bids are left out at the close.
+    pub probation_max_awards: usize,
+    /// Weight (per mille, 1000 neutral, 1500 worst) a provider on probation has at least in
+    /// reputation-weighted auctions: a newcomer starts worse than neutral.
+    pub probation_weight: u32,
     /// What this node offers as a provider.
     pub provider: ProviderConfig,
     /// How this node rates the peers that execute its tasks.
@@ -70,6 +76,8 @@ impl Default for MarketConfig {
             max_kept_tasks: 1_000,
             default_max_price: 1_000,
             reputation_weighted: true,
+            probation_max_awards: 1,
+            probation_weight: 1_250,
             provider: ProviderConfig::default(),
             reputation: ReputationConfig::default(),
         }
@@ -176,6 +184,16 @@ impl MarketConfig {
             1..=100_000,
         )?;
         in_range("market.max_kept_tasks", self.max_kept_tasks, 1..=1_000_000)?;
+        in_range(
+            "market.probation_max_awards",
+            self.probation_max_awards,
+            1..=100_000,
+        )?;
+        in_range(
+            "market.probation_weight",
+            self.probation_weight,
+            wire::NEUTRAL_WEIGHT..=*wire::WEIGHT.end(),
+        )?;
         let p = &self.provider;
         in_range("market.provider.capacity", p.capacity, 1..=1024)?;
         in_range("market.provider.base_price", p.base_price, 0..=1 << 40)?;

@@ -4,6 +4,9 @@
 //! A verified success raises it by at most `max_gain`, scaled by the price relative to
 //! `reference_price` (so cheap tasks cannot farm it) and by the room left below 1; a failure
 //! lowers it by `failure_penalty`. Below `ban_threshold` the peer is banned for `ban_secs`.
+//! A winner that could not be reached gets a strike instead: `unreachable_strikes` strikes
+//! within `unreachable_window_secs` count as one failure, so a partition does not get an
+//! honest provider banned but a silent identity cannot fail tasks for free.
 //! At most `max_peers` records are kept (the least recently updated goes). Pure: time is
 //! passed in as Unix milliseconds.
 
@@ -34,6 +37,11 @@ pub struct ReputationConfig {
     pub ban_secs: u64,
     /// Most peers with a record; the least recently updated is dropped.
     pub max_peers: usize,
+    /// Times a winner may be unreachable within `unreachable_window_secs` before it counts
+    /// as one failure (1: every time).
+    pub unreachable_strikes: u32,
+    /// The window over which unreachable strikes add up, in seconds.
+    pub unreachable_window_secs: u64,
 }
 
 impl Default for ReputationConfig {
@@ -46,6 +54,8 @@ impl Default for ReputationConfig {
             ban_threshold: 0.2,
             ban_secs: 600,
             max_peers: 10_000,
+            unreachable_strikes: 3,
+            unreachable_window_secs: 600,
         }
     }
 }
@@ -85,6 +95,16 @@ impl ReputationConfig {
             "market.reputation.max_peers",
             self.max_peers,
             1..=10_000_000,
+        )?;
+        in_range(
+            "market.reputation.unreachable_strikes",
+            self.unreachable_strikes,
+            1..=100,
+        )?;
+        in_range(
+            "market.reputation.unreachable_window_secs",
+            self.unreachable_window_secs,
+            1..=30 * 24 * 3600,
         )
     }
 }
@@ -108,6 +128,15 @@ pub struct Record {
     pub updated_ms: u64,
     /// Banned until this instant (Unix ms), 0 if not banned.
     pub banned_until_ms: u64,
+    /// Awards it won and could not be reached for.
+    #[serde(default)]
+    pub unreachable: u64,
+    /// Unreachable strikes in the current window, not yet counted as a failure.
+    #[serde(default)]
+    pub strikes: u32,
+    /// When the current window of strikes began (Unix ms).
+    #[serde(default)]
+    pub strikes_since_ms: u64,
 }
 
 impl Default for Record {
@@ -121,11 +150,19 @@ impl Default for Record {
             score: NEUTRAL,
             updated_ms: 0,
             banned_until_ms: 0,
+            unreachable: 0,
+            strikes: 0,
+            strikes_since_ms: 0,
         }
     }
 }
 
 impl Record {
+    /// Whether the peer is on probation: no verified result for this node yet.
+    pub fn on_probation(&self) -> bool {
+        self.successes == 0
+    }
+
     /// Successes over tasks executed (0 without tasks).
     pub fn success_rate(&self) -> f64 {
         if self.executed == 0 {
@@ -247,6 +284,29 @@ impl Reputation {
             r.failures += 1;
             r.total_duration_ms = r.total_duration_ms.saturating_add(duration_ms);
             r.score -= penalty;
+        })
+    }
+
+    /// The peer won an award and could not be reached for it: a strike. The
+    /// `unreachable_strikes`-th strike within `unreachable_window_secs` counts as one failure
+    /// (and starts a new window); fewer leave the score alone.
+    pub fn unreachable(&mut self, peer: PeerId, now_ms: u64) -> Update {
+        let penalty = self.config.failure_penalty;
+        let strikes = self.config.unreachable_strikes.max(1);
+        let window_ms = self.config.unreachable_window_secs.saturating_mul(1000);
+        self.update(peer, now_ms, |r, _| {
+            r.unreachable += 1;
+            if r.strikes == 0 || now_ms.saturating_sub(r.strikes_since_ms) > window_ms {
+                r.strikes = 0;
+                r.strikes_since_ms = now_ms;
+            }
+            r.strikes += 1;
+            if r.strikes >= strikes {
+                r.strikes = 0;
+                r.executed += 1;
+                r.failures += 1;
+                r.score -= penalty;
+            }
         })
     }
 
@@ -376,7 +436,70 @@ mod tests {
         assert_eq!(back.snapshot(10), t.snapshot(10));
     }
 
+    #[test]
+    fn unreachable_counts_gently_but_not_for_free() {
+        let config = ReputationConfig::default();
+        let mut t = Reputation::new(config.clone());
+        let p = PeerId::random();
+        let minute = 60_000;
+        // Two strikes within the window: the score does not move.
+        t.unreachable(p, 0);
+        let u = t.unreachable(p, minute);
+        assert_eq!(u.record.score, NEUTRAL);
+        assert_eq!((u.record.unreachable, u.record.failures), (2, 0));
+        // The third counts as one failure.
+        let u = t.unreachable(p, 2 * minute);
+        assert!((u.record.score - (NEUTRAL - config.failure_penalty)).abs() < 1e-9);
+        assert_eq!((u.record.unreachable, u.record.failures), (3, 1));
+        assert!(!u.banned);
+        // Strikes spread wider than the window never add up.
+        let q = PeerId::random();
+        for i in 0..10 {
+            let u = t.unreachable(q, i * (config.unreachable_window_secs * 1000 + 1));
+            assert_eq!(u.record.failures, 0);
+        }
+        // A silent identity that fails award after award is banned in the end.
+        let s = PeerId::random();
+        let banned = (0..20).any(|i| t.unreachable(s, i * 1_000).banned);
+        assert!(banned);
+        // A refusal costs as much as `unreachable_strikes` strikes.
+        let r = PeerId::random();
+        assert!(t.failure(r, 0, 0).record.score < t.score(&p, 2 * minute) + 1e-9);
+    }
+
+    #[test]
+    fn records_of_an_older_version_load_without_strikes() {
+        let p = PeerId::random();
+        let old = format!(
+            r#"{{"version":1,"peers":[{{"peer":"{p}","executed":1,"successes":1,"failures":0,"total_duration_ms":5,"total_cost":10,"score":0.6,"updated_ms":0,"banned_until_ms":0}}]}}"#
+        );
+        let t = Reputation::from_json(ReputationConfig::default(), old.as_bytes()).unwrap();
+        let r = t.record(&p, 0).unwrap();
+        assert_eq!((r.unreachable, r.strikes, r.successes), (0, 0, 1));
+        assert!(!r.on_probation());
+    }
+
     proptest! {
+        /// However strikes and failures interleave: a peer is never banned by fewer than
+        /// `unreachable_strikes` strikes per failure penalty, and scores stay in bounds.
+        #[test]
+        fn strikes_cost_at_most_one_failure_per_window_quota(
+            gaps in prop::collection::vec(0u64..200_000, 1..100),
+            strikes in 1u32..5,
+        ) {
+            let config = ReputationConfig { unreachable_strikes: strikes, ..ReputationConfig::default() };
+            let mut t = Reputation::new(config);
+            let p = PeerId::random();
+            let mut now = 0;
+            for (n, gap) in gaps.iter().enumerate() {
+                now += gap;
+                let u = t.unreachable(p, now);
+                prop_assert!((0.0..=1.0).contains(&u.record.score));
+                prop_assert!(u.record.failures <= (n as u64 + 1) / u64::from(strikes));
+                prop_assert_eq!(u.record.unreachable, n as u64 + 1);
+            }
+        }
+
         #[test]
         fn scores_stay_in_bounds(
             events in prop::collection::vec((any::<bool>(), 0u64..10_000, 0u64..100_000), 1..200)

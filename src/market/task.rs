@@ -6,6 +6,17 @@
 //! next: another auction without the providers that failed this task, or the end of the
 //! task with a final [`TaskStatus`]. The market actor does the IO the decision asks for
 //! (announcing, refunding, recording reputation); this module only decides.
+//!
+//! **Attribution.** Every failed attempt with a winner is someone's doing. A winner that does
+//! not complete the lock exchange or the award it bid for is at fault ([`Fault::Provider`])
+//! unless this node's side failed first (its wallet, its content, its timing:
+//! [`Fault::Requester`]). A winner that could not be reached at all ([`Fault::Unreachable`])
+//! is not innocent either, but a network partition looks the same: it counts against the
+//! winner more gently (see [`Reputation::unreachable`](super::reputation::Reputation::unreachable)).
+//!
+//! **Probation.** When a winner on probation (no verified result for this node yet) fails
+//! the task by its doing, the task's next auctions go to providers with history whenever
+//! one bids ([`Lifecycle::proven_only`]).
 
 use std::collections::HashSet;
 
@@ -51,12 +62,21 @@ impl TaskStatus {
 pub enum Fault {
     /// The winner: it loses reputation for it.
     Provider,
+    /// The winner could not be reached: a partition or a silent identity, which this node
+    /// cannot tell apart. It counts against the winner gently (a strike; several strikes in
+    /// a window count as one failure), and the winner is not tried again for this task.
+    Unreachable,
     /// This node, the requester: its own inputs, wallet, services or timing.
     Requester,
-    /// The path between them; nobody is blamed, but the winner is not tried again.
-    Network,
     /// Nobody: the market simply had no offer.
     Nobody,
+}
+
+impl Fault {
+    /// Whether the winner's doing (fully or as a strike): it leaves a trace in its record.
+    pub fn counts_against_winner(self) -> bool {
+        matches!(self, Self::Provider | Self::Unreachable)
+    }
 }
 
 /// How an attempt (one auction and what followed it) can fail.
@@ -65,13 +85,19 @@ pub enum AttemptError {
     /// No acceptable bid arrived before the deadline.
     NoBids,
     /// The escrow could not be locked. `ours`: this node's side failed (its wallet, its
-    /// payments service); otherwise the winner did not countersign the lock.
+    /// payments service); otherwise the winner refused the lock, or stayed connected and did
+    /// not countersign it in time.
     EscrowFailed {
         /// This node's side failed.
         ours: bool,
     },
-    /// The winner could not be reached with the award.
-    Unreachable,
+    /// The winner did not take the lock or the award in time. `connected`: it was still
+    /// connected to this node when the time was up, so its silence was its own doing;
+    /// otherwise it could not be reached at all (a partition looks the same).
+    Unreachable {
+        /// Still connected when the time was up.
+        connected: bool,
+    },
     /// The winner refused the award. `late`: the award was sent after the winner's bid
     /// had expired, so refusing it was the winner's right.
     AwardRefused {
@@ -94,11 +120,12 @@ pub enum AttemptError {
 
 impl AttemptError {
     /// Every outcome, for exhaustive tests and pre-initialised metric series.
-    pub const ALL: [AttemptError; 12] = [
+    pub const ALL: [AttemptError; 13] = [
         Self::NoBids,
         Self::EscrowFailed { ours: true },
         Self::EscrowFailed { ours: false },
-        Self::Unreachable,
+        Self::Unreachable { connected: true },
+        Self::Unreachable { connected: false },
         Self::AwardRefused { late: false },
         Self::AwardRefused { late: true },
         Self::Timeout,
@@ -115,7 +142,7 @@ impl AttemptError {
         match self {
             Self::NoBids => "no_bids",
             Self::EscrowFailed { .. } => "escrow_failed",
-            Self::Unreachable => "unreachable",
+            Self::Unreachable { .. } => "unreachable",
             Self::AwardRefused { .. } => "award_refused",
             Self::Timeout => "timeout",
             Self::WrongResult => "wrong_result",
@@ -131,10 +158,11 @@ impl AttemptError {
         match self {
             Self::NoBids => Fault::Nobody,
             Self::EscrowFailed { ours: true } => Fault::Requester,
-            // The market does not yet hold a refused lock against the winner: a lock can
-            // also fail on the way. It is left out of the task's next auction.
-            Self::EscrowFailed { ours: false } => Fault::Network,
-            Self::Unreachable => Fault::Network,
+            // It bid, so it promised to take the lock: refusing it, or staying silent on a
+            // live connection, is its doing.
+            Self::EscrowFailed { ours: false } => Fault::Provider,
+            Self::Unreachable { connected: true } => Fault::Provider,
+            Self::Unreachable { connected: false } => Fault::Unreachable,
             Self::AwardRefused { late: false } => Fault::Provider,
             Self::AwardRefused { late: true } => Fault::Requester,
             Self::Timeout | Self::WrongResult | Self::FetchFailed | Self::VerifyTimeout => {
@@ -173,6 +201,15 @@ pub enum Next {
     Finish(TaskStatus),
 }
 
+/// The winner of a failed attempt, as this node knew it at the award.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Winner {
+    /// The provider.
+    pub peer: PeerId,
+    /// It had no verified result for this node yet.
+    pub on_probation: bool,
+}
+
 /// A task's lifecycle: its status, its attempts and the providers it no longer tries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lifecycle {
@@ -180,6 +217,7 @@ pub struct Lifecycle {
     attempts: u32,
     max_retries: u32,
     excluded: HashSet<PeerId>,
+    proven_only: bool,
 }
 
 impl Lifecycle {
@@ -190,6 +228,7 @@ impl Lifecycle {
             attempts: 0,
             max_retries,
             excluded: HashSet::new(),
+            proven_only: false,
         }
     }
 
@@ -208,6 +247,12 @@ impl Lifecycle {
         &self.excluded
     }
 
+    /// Whether a winner on probation failed this task by its doing: its next auctions go to
+    /// providers with history whenever one of them bids.
+    pub fn proven_only(&self) -> bool {
+        self.proven_only
+    }
+
     /// An auction starts. `None` when the task has ended (nothing to start).
     pub fn attempt_started(&mut self) -> Option<u32> {
         if self.status.is_final() {
@@ -219,13 +264,18 @@ impl Lifecycle {
 
     /// The current attempt failed with `error`, won by `winner` if an award was made.
     /// The winner leaves the task whatever the fault (the next auction should not hinge on
-    /// it again); whether it is blamed is [`AttemptError::fault`]'s answer.
-    pub fn attempt_failed(&mut self, winner: Option<PeerId>, error: AttemptError) -> Next {
+    /// it again); whether it is blamed is [`AttemptError::fault`]'s answer. A winner on
+    /// probation that failed by its doing puts the task's next auctions on
+    /// [`proven_only`](Self::proven_only).
+    pub fn attempt_failed(&mut self, winner: Option<Winner>, error: AttemptError) -> Next {
         if self.status.is_final() {
             return Next::Finish(self.status);
         }
         if let Some(w) = winner {
-            self.excluded.insert(w);
+            self.excluded.insert(w.peer);
+            if w.on_probation && error.fault().counts_against_winner() {
+                self.proven_only = true;
+            }
         }
         if error.retryable() && self.attempts <= self.max_retries {
             Next::Reauction
@@ -260,7 +310,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::market::auction::AuctionBook;
+    use crate::market::auction::{AuctionBook, Probation, Standing};
     use crate::market::wire::{Announcement, AuctionId, AuctionType, Bid, TaskSpec, sign};
 
     fn key(i: u8) -> Keypair {
@@ -304,10 +354,21 @@ mod tests {
         use AttemptError as E;
         // Our own wallet or payments failing is never the winner's fault.
         assert_eq!(E::EscrowFailed { ours: true }.fault(), Fault::Requester);
-        assert_eq!(E::EscrowFailed { ours: false }.fault(), Fault::Network);
+        // A winner that does not complete the lock it bid for is at fault.
+        assert_eq!(E::EscrowFailed { ours: false }.fault(), Fault::Provider);
         assert_eq!(E::AwardRefused { late: false }.fault(), Fault::Provider);
         assert_eq!(E::AwardRefused { late: true }.fault(), Fault::Requester);
-        assert_eq!(E::Unreachable.fault(), Fault::Network);
+        // Silent on a live connection: its doing. Not reachable at all: a strike.
+        assert_eq!(E::Unreachable { connected: true }.fault(), Fault::Provider);
+        assert_eq!(
+            E::Unreachable { connected: false }.fault(),
+            Fault::Unreachable
+        );
+        // Only nobody, or this node itself, fails an attempt without a trace on the winner.
+        for e in AttemptError::ALL {
+            let blameless = matches!(e.fault(), Fault::Requester | Fault::Nobody);
+            assert_eq!(!blameless, e.fault().counts_against_winner(), "{e:?}");
+        }
         assert_eq!(E::NoBids.fault(), Fault::Nobody);
         for provider in [E::Timeout, E::WrongResult, E::FetchFailed, E::VerifyTimeout] {
             assert_eq!(provider.fault(), Fault::Provider, "{provider:?}");
@@ -328,9 +389,48 @@ mod tests {
         let mut t = Lifecycle::new(0);
         t.attempt_started();
         assert_eq!(
-            t.attempt_failed(Some(peer(1)), AttemptError::Timeout),
+            t.attempt_failed(Some(proven(1)), AttemptError::Timeout),
             Next::Finish(TaskStatus::Timeout)
         );
+    }
+
+    fn proven(i: u8) -> Winner {
+        Winner {
+            peer: peer(i),
+            on_probation: false,
+        }
+    }
+
+    fn newcomer(i: u8) -> Winner {
+        Winner {
+            peer: peer(i),
+            on_probation: true,
+        }
+    }
+
+    #[test]
+    fn a_newcomer_failing_by_its_doing_puts_the_task_on_proven_only() {
+        // This node's own failure, or a proven winner's, changes nothing.
+        let mut t = Lifecycle::new(5);
+        t.attempt_started();
+        t.attempt_failed(Some(newcomer(1)), AttemptError::EscrowFailed { ours: true });
+        assert!(!t.proven_only());
+        t.attempt_started();
+        t.attempt_failed(Some(proven(2)), AttemptError::WrongResult);
+        assert!(!t.proven_only());
+        // A newcomer that could not be reached, or refused, does.
+        for error in [
+            AttemptError::Unreachable { connected: false },
+            AttemptError::Unreachable { connected: true },
+            AttemptError::EscrowFailed { ours: false },
+            AttemptError::AwardRefused { late: false },
+        ] {
+            let mut t = Lifecycle::new(5);
+            t.attempt_started();
+            assert_eq!(t.attempt_failed(Some(newcomer(3)), error), Next::Reauction);
+            assert!(t.proven_only(), "{error:?}");
+            assert!(t.excluded().contains(&peer(3)));
+        }
     }
 
     #[test]
@@ -353,8 +453,9 @@ mod tests {
     }
 
     /// One auction of the task: every provider in `bidders` bids, the real book refuses
-    /// the excluded ones, and the cheapest bid it took wins.
-    fn run_auction(t: &Lifecycle, attempt: u32, bidders: &[u8]) -> Option<PeerId> {
+    /// the excluded ones, and the cheapest bid it took wins under probation (`proven`:
+    /// the providers with history; no quota).
+    fn run_auction(t: &Lifecycle, attempt: u32, bidders: &[u8], proven: &[bool]) -> Option<PeerId> {
         let requester = key(200);
         let announcement = Announcement {
             auction_id: AuctionId([attempt as u8; 16]),
@@ -381,14 +482,34 @@ mod tests {
             };
             let _ = book.offer(sign(&key(b), bid), 1000, 1_500);
         }
-        book.select().map(|s| s.winner.bid.body.bidder)
+        let rule = Probation {
+            max_awards: usize::MAX,
+            proven_only: t.proven_only(),
+        };
+        let standing = |p: &PeerId| {
+            let i = (0..5u8).find(|i| peer(*i) == *p).expect("a test bidder");
+            if proven[usize::from(i)] {
+                Standing::Proven
+            } else {
+                Standing::Probation {
+                    awards_held: 0,
+                    failed: false,
+                }
+            }
+        };
+        book.select_under(rule, standing)
+            .0
+            .map(|s| s.winner.bid.body.bidder)
     }
 
     proptest! {
         /// Whatever the outcomes: at most `max_retries` re-auctions, a provider that failed
-        /// the task never wins it again, and statuses only move forward.
+        /// the task never wins it again, statuses only move forward, and once a newcomer
+        /// failed the task by its doing, a newcomer wins it again only if no provider with
+        /// history bid.
         #[test]
         fn retries_exclusion_and_status_order_hold(
+            proven in proptest::collection::vec(any::<bool>(), 5),
             max_retries in 0u32..4,
             rounds in proptest::collection::vec(
                 (
@@ -403,14 +524,23 @@ mod tests {
             let mut failed_winners = HashSet::new();
             let mut reauctions = 0u32;
             let mut last = t.status();
+            let mut newcomer_failed = false;
+            let is_proven = |p: PeerId| (0..5u8).any(|i| peer(i) == p && proven[usize::from(i)]);
             for (i, (bidders, error)) in rounds.into_iter().enumerate() {
                 let Some(attempt) = t.attempt_started() else {
                     prop_assert!(t.status().is_final());
                     break;
                 };
-                let winner = run_auction(&t, attempt, &bidders);
+                prop_assert_eq!(t.proven_only(), newcomer_failed);
+                let winner = run_auction(&t, attempt, &bidders, &proven);
                 if let Some(w) = winner {
                     prop_assert!(!failed_winners.contains(&w), "an excluded provider won");
+                    let proven_bid = bidders
+                        .iter()
+                        .any(|b| proven[usize::from(*b)] && !failed_winners.contains(&peer(*b)));
+                    if newcomer_failed && proven_bid {
+                        prop_assert!(is_proven(w), "a newcomer won over a proven bid");
+                    }
                 }
                 if succeed_at == Some(i) && winner.is_some() {
                     prop_assert_eq!(t.succeeded(), TaskStatus::Success);
@@ -419,7 +549,14 @@ mod tests {
                     let error = if winner.is_none() { AttemptError::NoBids } else { error };
                     if let Some(w) = winner {
                         failed_winners.insert(w);
+                        if !is_proven(w) && error.fault().counts_against_winner() {
+                            newcomer_failed = true;
+                        }
                     }
+                    let winner = winner.map(|peer| Winner {
+                        peer,
+                        on_probation: !is_proven(peer),
+                    });
                     match t.attempt_failed(winner, error) {
                         Next::Reauction => {
                             reauctions += 1;

@@ -6,6 +6,7 @@ mod common;
 
 mod attack_flood;
 mod attack_requesters;
+mod attack_winners;
 mod channel_vectors;
 mod cli;
 mod content;

@@ -335,14 +335,15 @@ async fn a_lying_provider_is_caught_loses_reputation_and_stops_winning() {
         ),
         caught as f64
     );
-    // Its reputation fell, and it is banned: the last tasks went to the honest provider
-    // at the first attempt.
+    // Its reputation fell, and it stopped winning: a provider on probation that failed gets
+    // a task only when nobody else bids, so the last tasks went to the honest provider at the
+    // first attempt.
     let (_, body) = get(&requester, "/api/v1/reputation").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let peers = v["items"].as_array().unwrap();
     let liar_rep = peers.iter().find(|p| p["peer_id"] == liar_id).unwrap();
-    assert!(liar_rep["score"].as_f64().unwrap() < 0.2, "{liar_rep}");
-    assert_eq!(liar_rep["banned"], true);
+    assert!(liar_rep["score"].as_f64().unwrap() < 0.5, "{liar_rep}");
+    assert!(liar_rep["failures"].as_u64().unwrap() >= 1, "{liar_rep}");
     assert_eq!(liar_rep["successes"], 0);
     let honest_rep = peers.iter().find(|p| p["peer_id"] == honest_id).unwrap();
     assert!(honest_rep["score"].as_f64().unwrap() > 0.5, "{honest_rep}");
@@ -357,7 +358,7 @@ async fn a_lying_provider_is_caught_loses_reputation_and_stops_winning() {
     let again = start(config).await;
     let records = again.market().reputation().await.unwrap();
     let liar_again = records.iter().find(|p| p.peer_id == liar_id).unwrap();
-    assert!(liar_again.banned && liar_again.failures >= 1);
+    assert!(liar_again.score < 0.5 && liar_again.failures >= 1);
     for node in [again, honest, liar] {
         node.shutdown().await;
     }

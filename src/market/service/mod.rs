@@ -114,6 +114,12 @@ enum Job {
         output: Output,
         result: Result<(), AttemptError>,
     },
+    /// The release of a verified winner's escrow is durable, or could not be made so.
+    Released {
+        auction: AuctionId,
+        output: Output,
+        durable: Result<(), crate::payments::PaymentsError>,
+    },
     /// A bid of this node reached its requester, or not.
     BidSent {
         auction: AuctionKey,
@@ -326,9 +332,14 @@ impl MarketActor {
                 output,
                 result,
             } => match result {
-                Ok(()) => self.attempt_succeeded(auction, output),
+                Ok(()) => self.result_verified(auction, output),
                 Err(error) => self.attempt_failed(auction, error),
             },
+            Job::Released {
+                auction,
+                output,
+                durable,
+            } => self.attempt_succeeded(auction, output, durable),
             Job::BidSent {
                 auction,
                 auction_type,

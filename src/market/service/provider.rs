@@ -28,8 +28,10 @@ use crate::market::wire::{
 };
 use crate::p2p::{Market, P2pHandle};
 
-/// How long after the bid deadline a bid's capacity stays reserved awaiting an award.
-const AWARD_GRACE: Duration = Duration::from_secs(5);
+/// How long after the bid deadline a bid's capacity stays reserved awaiting an award: the
+/// default `market.award_timeout_ms` (5 s, the escrow lock and the award together) plus 3 s
+/// for the award's way and clock skew, so an award sent in time is never judged late here.
+const AWARD_GRACE: Duration = Duration::from_secs(8);
 /// Open bids a provider may have per worker. A bid reserves nothing until it wins, and most
 /// bids lose; a provider with a free worker bids, and a win beyond its free workers waits for
 /// one (within the task's time limit).

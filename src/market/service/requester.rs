@@ -11,9 +11,9 @@ use libp2p::PeerId;
 
 use super::{Job, MarketActor, Timer, after, escrow_id};
 use crate::market::MarketError;
-use crate::market::auction::{AuctionBook, weight_for};
+use crate::market::auction::{AuctionBook, Standing, bidder_weight};
 use crate::market::kinds::{self, TaskKind, TaskParams};
-use crate::market::task::{AttemptError, Fault, Lifecycle, Next, TaskStatus};
+use crate::market::task::{AttemptError, Fault, Lifecycle, Next, TaskStatus, Winner};
 use crate::market::view::{AttemptView, BidView, TaskRequest, TaskView};
 use crate::market::wire::{
     AUCTIONS_TOPIC, Announcement, AuctionId, AuctionType, Bid, NEUTRAL_WEIGHT, Output, Refusal,
@@ -106,6 +106,11 @@ impl Task {
         }
     }
 
+    /// Whether the task's next auctions go to providers with history first.
+    pub(super) fn lifecycle_proven_only(&self) -> bool {
+        self.lifecycle.proven_only()
+    }
+
     pub(super) fn attempt(&mut self, auction: AuctionId) -> Option<&mut AttemptView> {
         let id = auction.to_string();
         self.attempts.iter_mut().rev().find(|a| a.auction_id == id)
@@ -113,6 +118,47 @@ impl Task {
 }
 
 impl MarketActor {
+    /// Whether `peer` is on probation with this node: no verified result for it yet.
+    pub(super) fn on_probation(&self, peer: &PeerId, now: u64) -> bool {
+        self.reputation
+            .record(peer, now)
+            .is_none_or(|r| r.on_probation())
+    }
+
+    /// How `peer` stands when one of this node's auctions closes: proven, or on probation
+    /// with the awards of this node it holds now and whether it failed one already.
+    pub(super) fn standing(&self, peer: &PeerId, now: u64) -> Standing {
+        let record = self.reputation.record(peer, now);
+        if record.is_some_and(|r| !r.on_probation()) {
+            return Standing::Proven;
+        }
+        let awards_held = self
+            .running
+            .values()
+            .filter(|r| r.phase.winner().is_some_and(|(w, _)| w == *peer))
+            .count();
+        Standing::Probation {
+            awards_held,
+            failed: record.is_some_and(|r| r.failures > 0),
+        }
+    }
+
+    /// Providers on probation that bid in this node's open auctions or hold its awards.
+    pub(super) fn peers_on_probation(&self) -> usize {
+        let now = now_ms();
+        let mut peers = HashSet::new();
+        for r in self.running.values() {
+            match r.phase.winner() {
+                Some((w, _)) => {
+                    peers.insert(w);
+                }
+                None => peers.extend(r.book.entries().iter().map(|e| e.bid.body.bidder)),
+            }
+        }
+        peers.retain(|p| self.on_probation(p, now));
+        peers.len()
+    }
+
     fn in_progress(&self) -> usize {
         self.tasks
             .values()
@@ -275,7 +321,13 @@ impl MarketActor {
         };
         let auction_type = running.book.announcement().auction_type.label();
         let banned = self.reputation.is_banned(&bid.body.bidder, now);
-        let weight = weight_for(self.reputation.score(&bid.body.bidder, now));
+        // A bidder without a verified result for us starts worse than neutral.
+        let record = self.reputation.record(&bid.body.bidder, now);
+        let weight = bidder_weight(
+            record.map_or(crate::market::reputation::NEUTRAL, |r| r.score),
+            record.is_none_or(|r| r.on_probation()),
+            self.config.probation_weight,
+        );
         let result = if bid.signer != peer {
             Err(Refusal::WrongSigner)
         } else if banned {
@@ -403,7 +455,34 @@ impl MarketActor {
         }
     }
 
-    pub(super) fn attempt_succeeded(&mut self, auction: AuctionId, output: Output) {
+    /// The winner's result verified: the escrow is released, and the task marked a success
+    /// only once the release decision is durable (a crash in between must not leave a
+    /// verified winner to be refunded).
+    pub(super) fn result_verified(&mut self, auction: AuctionId, output: Output) {
+        let Some(Phase::Verifying { winner, .. }) = self.running.get(&auction).map(|r| &r.phase)
+        else {
+            return;
+        };
+        let (winner, payments) = (*winner, self.payments.clone());
+        let escrow = escrow_id(&self.local, auction);
+        self.jobs.spawn(async move {
+            let durable = payments.release_durably(winner, escrow).await;
+            Job::Released {
+                auction,
+                output,
+                durable,
+            }
+        });
+    }
+
+    /// The release of a verified winner's escrow is durable (or could not be made so: the
+    /// result is verified all the same, and the task succeeds).
+    pub(super) fn attempt_succeeded(
+        &mut self,
+        auction: AuctionId,
+        output: Output,
+        durable: Result<(), crate::payments::PaymentsError>,
+    ) {
         let Some(running) = self.running.remove(&auction) else {
             return;
         };
@@ -415,10 +494,11 @@ impl MarketActor {
         else {
             return;
         };
+        if let Err(e) = durable {
+            tracing::warn!(%auction, %winner, error = %e, "the release of a verified task is not durable");
+        }
         let auction_type = running.book.announcement().auction_type.label();
         self.metrics.auction(auction_type, "completed");
-        self.payments
-            .release(winner, escrow_id(&self.local, auction));
         self.provider_succeeded(winner, awarded_at.elapsed().as_millis() as u64, price);
         let Some(t) = self.tasks.get_mut(&running.task) else {
             return;
@@ -473,10 +553,20 @@ impl MarketActor {
             };
             self.payments
                 .refund(winner, escrow_id(&self.local, auction), reason);
-            if error.fault() == Fault::Provider {
-                self.provider_failed(winner, awarded_at.elapsed().as_millis() as u64);
+            match error.fault() {
+                Fault::Provider => {
+                    self.provider_failed(winner, awarded_at.elapsed().as_millis() as u64);
+                }
+                Fault::Unreachable => self.provider_unreachable(winner),
+                Fault::Requester | Fault::Nobody => {}
             }
         }
+        // Whether the winner was on probation: a success is the only way off it, so the
+        // failure just recorded does not change the answer.
+        let winner = winner.map(|(peer, _)| Winner {
+            peer,
+            on_probation: self.on_probation(&peer, now_ms()),
+        });
         let Some(t) = self.tasks.get_mut(&running.task) else {
             return;
         };
@@ -487,9 +577,13 @@ impl MarketActor {
         if error.is_wrong_result() {
             t.verification = Some(error.label());
         }
-        match t.lifecycle.attempt_failed(winner.map(|(w, _)| w), error) {
+        match t.lifecycle.attempt_failed(winner, error) {
             Next::Reauction => {
-                t.log("re-auctioning".into());
+                if t.lifecycle.proven_only() {
+                    t.log("re-auctioning (providers with history first)".into());
+                } else {
+                    t.log("re-auctioning".into());
+                }
                 self.announce(running.task);
             }
             Next::Finish(status) => self.finish(running.task, status, Some((error, detail)), None),

@@ -51,6 +51,7 @@ impl MarketActor {
                 self.metrics.refresh_score(peer, record.score);
             }
         }
+        self.metrics.peers_on_probation(self.peers_on_probation());
     }
 
     pub(super) fn persist(&mut self) {
@@ -132,6 +133,14 @@ impl MarketActor {
     pub(super) fn provider_failed(&mut self, winner: PeerId, took_ms: u64) {
         let update = self.reputation.failure(winner, took_ms, now_ms());
         self.peer_updated(winner, &update.record);
+        self.ban_if(winner, update.banned);
+    }
+
+    /// The winner of a task could not be reached: a strike (several count as a failure).
+    pub(super) fn provider_unreachable(&mut self, winner: PeerId) {
+        let update = self.reputation.unreachable(winner, now_ms());
+        self.dirty = true;
+        self.metrics.peer_score(winner, update.record.score);
         self.ban_if(winner, update.banned);
     }
 

@@ -69,7 +69,11 @@ impl PaymentsActor {
                 kind,
                 reply,
             } => self.lock(peer, escrow, amount, expires_at_ms, kind, reply),
-            Command::Release { peer, escrow } => match self.holder(&peer, &escrow) {
+            Command::Release {
+                peer,
+                escrow,
+                durable,
+            } => match self.holder(&peer, &escrow) {
                 Some(id) => {
                     // Persisted with the channel in this batch: a restart still releases.
                     let e = self.channels.get_mut(&id).expect("holder exists");
@@ -80,8 +84,16 @@ impl PaymentsActor {
                     if !e.releasing_queued(&escrow) {
                         self.enqueue(id, Op::Release(escrow), Vec::new());
                     }
+                    if let Some(reply) = durable {
+                        self.after.push(After::Durable(reply));
+                    }
                 }
-                None => tracing::debug!(%escrow, "release of an escrow no channel holds"),
+                None => {
+                    tracing::debug!(%escrow, "release of an escrow no channel holds");
+                    if let Some(reply) = durable {
+                        let _ = reply.send(Err(PaymentsError::UnknownChannel));
+                    }
+                }
             },
             Command::Refund {
                 peer,

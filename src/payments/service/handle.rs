@@ -214,8 +214,31 @@ impl PaymentsService {
         // Never dropped: a full queue is waited on (by a task, so the caller is not).
         let commands = self.commands.clone();
         tokio::spawn(async move {
-            let _ = commands.send(Command::Release { peer, escrow }).await;
+            let _ = commands
+                .send(Command::Release {
+                    peer,
+                    escrow,
+                    durable: None,
+                })
+                .await;
         });
+    }
+
+    /// Releases like [`release`](Self::release), and returns once the release decision is
+    /// committed to the ledger (a restart still releases). Errors:
+    /// [`PaymentsError::UnknownChannel`] if no channel holds the escrow,
+    /// [`PaymentsError::Stopped`] if the service stopped (or its ledger failed) first.
+    pub async fn release_durably(
+        &self,
+        peer: PeerId,
+        escrow: EscrowId,
+    ) -> Result<(), PaymentsError> {
+        self.ask(|reply| Command::Release {
+            peer,
+            escrow,
+            durable: Some(reply),
+        })
+        .await?
     }
 
     /// Refunds an escrow we locked to `peer` (its task failed), as soon as the lock expires.

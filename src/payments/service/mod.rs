@@ -105,6 +105,8 @@ enum Command {
     Release {
         peer: PeerId,
         escrow: EscrowId,
+        /// Answered once the release decision is committed.
+        durable: Option<LockReply>,
     },
     Refund {
         peer: PeerId,
@@ -311,6 +313,8 @@ enum After {
     Convict(PeerId),
     /// Answer a caller whose change to the channel is now durable.
     Answer(Waiter, ChannelId),
+    /// Tell a caller that its release decision is now durable.
+    Durable(LockReply),
 }
 
 /// The payments actor. Create with [`PaymentsService::new`], run with [`PaymentsActor::run`].
@@ -560,6 +564,9 @@ impl PaymentsActor {
                     let _ = self.convictions.try_send(peer);
                 }
                 After::Answer(waiter, id) => self.answer(waiter, id),
+                After::Durable(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
             }
         }
         Ok(())
