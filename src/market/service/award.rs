@@ -21,6 +21,7 @@ use crate::payments::PaymentsError;
 fn escrow_failed_ours(e: &PaymentsError) -> bool {
     match e {
         PaymentsError::Refused(_) | PaymentsError::Pending(_) => false,
+        PaymentsError::ChannelUnusable { .. } => false,
         PaymentsError::Channel(_)
         | PaymentsError::InsufficientFunds { .. }
         | PaymentsError::UnknownChannel
@@ -30,7 +31,8 @@ fn escrow_failed_ours(e: &PaymentsError) -> bool {
         // The market's own locks carry no payment id and never open twice by request.
         | PaymentsError::PaymentIdReused { .. }
         | PaymentsError::InvalidPaymentId(_)
-        | PaymentsError::OpenPending { .. } => true,
+        | PaymentsError::OpenPending { .. }
+        | PaymentsError::NewcomerShare { .. } => true,
     }
 }
 
