@@ -55,8 +55,14 @@ mod tests {
     fn a_channel_is_funded_for_a_few_prices_not_a_fixed_deposit() {
         assert_eq!(escrow_deposit(10, 4, 100_000, 1_000_000, None), Ok(40));
         // Capped by channel_deposit, but never below the price.
-        assert_eq!(escrow_deposit(50_000, 4, 100_000, 1_000_000, None), Ok(100_000));
-        assert_eq!(escrow_deposit(200_000, 4, 100_000, 1_000_000, None), Ok(200_000));
+        assert_eq!(
+            escrow_deposit(50_000, 4, 100_000, 1_000_000, None),
+            Ok(100_000)
+        );
+        assert_eq!(
+            escrow_deposit(200_000, 4, 100_000, 1_000_000, None),
+            Ok(200_000)
+        );
         // The wallet's last credit still funds one lock.
         assert_eq!(escrow_deposit(10, 4, 100_000, 25, None), Ok(25));
         assert_eq!(

@@ -48,7 +48,7 @@ pub struct PaymentsConfig {
     /// cooperatively, or unilaterally if the peer does not sign the final state, in seconds.
     pub idle_close_secs: u64,
     /// Most of the node's credit (in percent of its wallet plus what it holds in channels)
-    /// that sits in channels with peers that never completed a task for it (none of its
+    /// that sits in channels it opened with peers that never completed a task for it (none of its
     /// escrows to them was released); an escrow lock that would need more fails.
     pub newcomer_share_percent: u64,
     /// Most this node puts into a channel that a peer opens and asks a deposit of it.
@@ -95,7 +95,11 @@ impl PaymentsConfig {
         in_range("payments.channel_deposit", self.channel_deposit, 1..=max)?;
         let prices = self.escrow_channel_prices;
         in_range("payments.escrow_channel_prices", prices, 1..=1_000)?;
-        in_range("payments.idle_close_secs", self.idle_close_secs, 1..=604_800)?;
+        in_range(
+            "payments.idle_close_secs",
+            self.idle_close_secs,
+            1..=604_800,
+        )?;
         let share = self.newcomer_share_percent;
         in_range("payments.newcomer_share_percent", share, 1..=100)?;
         let most = self.max_counterparty_deposit;

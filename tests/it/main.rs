@@ -4,6 +4,7 @@
 
 mod common;
 
+mod attack_channels;
 mod channel_vectors;
 mod cli;
 mod content;

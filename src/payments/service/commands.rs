@@ -123,15 +123,15 @@ impl PaymentsActor {
     }
 
     /// The node's credit (its wallet and what it would get back from every unsettled
-    /// channel), and the part of it in channels with peers that never completed a task for
-    /// it.
+    /// channel), and the part of it parked in channels it opened with peers that never
+    /// completed a task for it (what it earned in channels peers opened is not parked).
     pub(super) fn credit(&self) -> (u64, u64) {
         let mut total = self.wallet.available;
         let mut newcomers = 0u64;
         for e in self.unsettled() {
             let ours = e.channel.payout();
             total = total.saturating_add(ours);
-            if !self.completed.contains(&e.channel.peer()) {
+            if e.channel.local == Side::A && !self.completed.contains(&e.channel.peer()) {
                 newcomers = newcomers.saturating_add(ours);
             }
         }
@@ -224,9 +224,9 @@ impl PaymentsActor {
             Some(id) => id,
             None => {
                 let (total, newcomers) = self.credit();
-                let limit =
-                    exposure::newcomer_limit(total, self.config.newcomer_share_percent);
-                let room = (!self.completed.contains(&peer)).then(|| limit.saturating_sub(newcomers));
+                let limit = exposure::newcomer_limit(total, self.config.newcomer_share_percent);
+                let room =
+                    (!self.completed.contains(&peer)).then(|| limit.saturating_sub(newcomers));
                 let deposit = match exposure::escrow_deposit(
                     amount,
                     self.config.escrow_channel_prices,
