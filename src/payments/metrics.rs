@@ -44,7 +44,7 @@ struct MessageReason {
 }
 
 /// The reasons of `zerostate_economic_channel_closes_total`.
-pub const CLOSE_REASONS: [&str; 3] = ["refused", "unanswered", "idle"];
+pub const CLOSE_REASONS: [&str; 4] = ["refused", "unanswered", "idle", "drained"];
 
 /// The reasons of `zerostate_economic_escrow_locks_failed_total`.
 pub const LOCK_FAILURES: [&str; 2] = ["unusable_channel", "newcomer_share"];
@@ -193,7 +193,7 @@ impl PaymentMetrics {
         );
         e.register(
             "channel_closes",
-            "Closes this node started on its own, by reason (refused: the peer refused one of its states; unanswered: the peer did not answer them; idle: no new state for payments.idle_close_secs)",
+            "Closes this node started on its own, by reason (refused: the peer refused one of its states; unanswered: the peer did not answer them; idle: no new state for payments.idle_close_secs; drained: a channel it opened holds no lock and less than one of the prices it was funded for)",
             m.closes.clone(),
         );
         e.register(

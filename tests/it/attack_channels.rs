@@ -227,7 +227,8 @@ async fn requester_and_provider(
     tweak(&mut config, true);
     let provider = start(config).await;
     eventually(Duration::from_secs(30), "the nodes connect", || async {
-        (requester.p2p().connected_peers().await.ok()?.len() >= 1).then_some(())
+        let peers = requester.p2p().connected_peers().await.ok()?;
+        peers.contains(&provider.peer_id()).then_some(())
     })
     .await;
     (requester, provider)

@@ -90,9 +90,11 @@ impl PaymentsActor {
         }
     }
 
-    /// Closes an open channel idle for `payments.idle_close_secs`: with no lock, by a final
-    /// state both sign (unilaterally if the peer has not signed it within twice the ack
-    /// timeout); with only the peer's expired locks left, unilaterally (they go back to it).
+    /// Closes an open channel idle for `payments.idle_close_secs`, or one this node opened
+    /// that is drained (no lock left, and less than one of the prices it was funded for:
+    /// the next lock needs a new channel anyway): with no lock, by a final state both sign
+    /// (unilaterally if the peer has not signed it within twice the ack timeout); with only
+    /// the peer's expired locks left, unilaterally (they go back to it).
     pub(super) fn close_if_idle(&mut self, id: ChannelId, now: Instant, now_ms: u64) {
         let idle = Duration::from_secs(self.config.idle_close_secs);
         let grace = Duration::from_millis(self.config.ack_timeout_ms.saturating_mul(2));
@@ -109,22 +111,25 @@ impl PaymentsActor {
             }
             return;
         }
+        let local = e.channel.local;
+        let locks = &e.channel.latest.state.locks;
+        let one_price = e.channel.latest.state.deposit(local) / self.config.escrow_channel_prices;
+        let drained = local == Side::A && locks.is_empty() && e.channel.balance() < one_price;
         let quiet = e.channel.pending.is_none()
             && e.queue.is_empty()
             && !e.in_flight
             && e.close_requested.is_none()
             && e.channel.release_intents.is_empty()
-            && now.duration_since(e.last_change) >= idle;
+            && (drained || now.duration_since(e.last_change) >= idle);
         if !quiet {
             return;
         }
-        let local = e.channel.local;
-        let locks = &e.channel.latest.state.locks;
         if locks.is_empty() {
-            tracing::info!(channel = %id, "idle channel: closing cooperatively");
+            let reason = if drained { "drained" } else { "idle" };
+            tracing::info!(channel = %id, reason, "closing the channel cooperatively");
             e.idle_close = Some(now);
             e.close_requested = Some(now);
-            self.metrics.closed_by_us("idle");
+            self.metrics.closed_by_us(reason);
             self.enqueue(id, Op::Close, Vec::new());
         } else if locks
             .iter()
