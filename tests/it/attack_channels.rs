@@ -392,7 +392,8 @@ async fn hostage_channels_are_closed_and_the_credit_comes_back_when_the_hostages
         )
     };
     assert!(closes("refused") >= 3.0, "{text}");
-    assert!(closes("idle") >= 1.0);
+    // The honest provider's spent channels and its last one, idle, closed too.
+    assert!(closes("idle") + closes("drained") >= 1.0);
     assert!(
         sum_where(
             &text,

@@ -73,13 +73,26 @@ impl PaymentsActor {
         }
     }
 
-    /// Marks a channel unusable whose peer has not answered: a proposal of ours without a
-    /// countersignature for twice the ack timeout, or sends failing again and again.
+    /// Marks a channel unusable whose peer has not answered a lock: a proposal of ours
+    /// that adds a lock (or an open with a lock queued behind it) without a countersignature
+    /// for twice the ack timeout, or sends of it failing again and again. A lock has a
+    /// deadline (the award's); a payment or a release waits for a payee that is down, as long
+    /// as `payments.vanished_close_secs`.
     pub(super) fn check_unanswered(&mut self, id: ChannelId, now: Instant) {
         let Some(e) = self.channels.get(&id) else {
             return;
         };
         if e.unusable.is_some() {
+            return;
+        }
+        let locking = match &e.channel.pending {
+            None => false,
+            Some(_) if e.channel.status == Status::Opening => {
+                e.queue.iter().any(|q| matches!(q.op, Op::Lock { .. }))
+            }
+            Some(p) => p.state.locks.len() > e.channel.latest.state.locks.len(),
+        };
+        if !locking {
             return;
         }
         let limit = Duration::from_millis(self.config.ack_timeout_ms.saturating_mul(2));
