@@ -48,8 +48,9 @@ struct HostageBehaviour {
 }
 
 /// A hostile identity: bids `HOSTAGE_PRICE` on every auction of `requester`, accepts any
-/// award, countersigns a channel open and refuses every update and close. Dropped, it leaves
-/// (its swarm and connections go).
+/// award, countersigns a channel open and refuses every update and close (or, `silent`,
+/// never answers them: it keeps the streams open without a word). Dropped, it leaves (its
+/// swarm and connections go).
 struct Hostage {
     id: PeerId,
     task: tokio::task::JoinHandle<()>,
@@ -63,6 +64,10 @@ impl Drop for Hostage {
 
 impl Hostage {
     async fn spawn(targets: &[&NodeHandle], requester: PeerId) -> Self {
+        Self::spawn_with(targets, requester, false).await
+    }
+
+    async fn spawn_with(targets: &[&NodeHandle], requester: PeerId, silent: bool) -> Self {
         let key = Keypair::generate_ed25519();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
@@ -116,6 +121,7 @@ impl Hostage {
         }
         let id = *swarm.local_peer_id();
         let task = tokio::spawn(async move {
+            let mut unanswered = Vec::new();
             loop {
                 match swarm.select_next_some().await {
                     SwarmEvent::Behaviour(HostageBehaviourEvent::Gossipsub(
@@ -162,12 +168,17 @@ impl Hostage {
                             ..
                         },
                     )) => {
-                        // The open is countersigned; every lock, and the close, is refused.
+                        // The open is countersigned; every lock, and the close, is refused
+                        // (or left without an answer).
                         let answer = match channel_wire::Request::decode(&request) {
                             Ok(channel_wire::Request::Open(p)) => {
                                 channel_wire::Response::Countersig(channel_wire::sign_state(
                                     &key, &p.bytes,
                                 ))
+                            }
+                            _ if silent => {
+                                unanswered.push(channel);
+                                continue;
                             }
                             _ => channel_wire::Response::Refused(
                                 ChannelError::InvalidTransition.label().into(),
@@ -203,7 +214,16 @@ async fn requester_and_provider(
     dirs: &[tempfile::TempDir],
     newcomer_share_percent: u64,
 ) -> (NodeHandle, NodeHandle) {
+    requester_and_provider_with(dirs, newcomer_share_percent, |_| {}).await
+}
+
+async fn requester_and_provider_with(
+    dirs: &[tempfile::TempDir],
+    newcomer_share_percent: u64,
+    more: impl Fn(&mut Config),
+) -> (NodeHandle, NodeHandle) {
     let tweak = |c: &mut Config, provider: bool| {
+        more(c);
         market_config(c, provider);
         c.market.provider.base_price = HONEST_PRICE;
         c.market.provider.unit_price = 0;
@@ -490,6 +510,62 @@ async fn hostages_never_hold_more_than_the_newcomers_share_of_the_credit() {
         "{text}"
     );
     drop(hostages);
+    for n in [requester, provider] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_hostages_channels_are_closed_and_the_credit_comes_back_when_they_leave() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A lock not countersigned within twice the ack timeout makes the channel unusable.
+    let ack_ms = 2_000;
+    let (requester, provider) = requester_and_provider_with(&dirs, 50, |c| {
+        c.payments.ack_timeout_ms = ack_ms;
+    })
+    .await;
+    let mut hostages = Vec::new();
+    for _ in 0..2 {
+        hostages
+            .push(Hostage::spawn_with(&[&requester, &provider], requester.peer_id(), true).await);
+    }
+    let hostile: HashSet<String> = hostages.iter().map(|h| h.id.to_string()).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let views = run_tasks(&requester, 8, || async {}).await;
+    let ok = successes(&views);
+    assert!(
+        ok * 100 >= views.len() * 95,
+        "{ok} of {} honest tasks succeeded",
+        views.len()
+    );
+    let page = requester.payments().channels(0, 10_000).await.unwrap();
+    assert!(page.channels.iter().any(|c| hostile.contains(&c.peer)));
+
+    drop(hostages);
+    let spent = paid(&views);
+    let want = (CREDIT - spent) * 95 / 100;
+    let limit =
+        Duration::from_millis(2 * ack_ms) + Duration::from_secs(IDLE_SECS + CHALLENGE_SECS + 12);
+    eventually(limit, "the credit comes back", || async {
+        let held = holdings(&requester).await;
+        let hostage_held: u64 = held
+            .iter()
+            .filter(|(p, _)| hostile.contains(*p))
+            .map(|(_, (a, _))| a)
+            .sum();
+        let available = requester.payments().wallet().await.unwrap().available;
+        (hostage_held == 0 && available >= want).then_some(())
+    })
+    .await;
+    let text = scrape(&requester).await;
+    assert!(
+        sum_where(
+            &text,
+            "zerostate_economic_channel_closes_total",
+            &["reason=\"unanswered\""]
+        ) >= 1.0,
+        "{text}"
+    );
     for n in [requester, provider] {
         n.shutdown().await;
     }
