@@ -384,6 +384,7 @@ async fn hostage_channels_are_closed_and_the_credit_comes_back_when_the_hostages
     // The hostages leave. Within the challenge window (and the idle close time for the
     // honest channel) the requester's credit is back: all of it but what it paid for work.
     drop(hostages);
+    let left = std::time::Instant::now();
     let spent = paid(&views);
     let want = (CREDIT - spent) * 95 / 100;
     let limit = Duration::from_secs(IDLE_SECS + CHALLENGE_SECS + 12);
@@ -398,6 +399,11 @@ async fn hostage_channels_are_closed_and_the_credit_comes_back_when_the_hostages
         (hostage_held == 0 && available >= want).then_some(())
     })
     .await;
+    println!(
+        "{ok} of {} honest tasks succeeded; the credit was back {:.1} s after the hostages left",
+        views.len(),
+        left.elapsed().as_secs_f64()
+    );
     // Idle channels closed too: nothing is left open.
     eventually(Duration::from_secs(15), "every channel settles", || async {
         holdings(&requester).await.is_empty().then_some(())
