@@ -32,7 +32,9 @@ impl From<PaymentsError> for ApiError {
             PaymentsError::UnknownChannel => StatusCode::NOT_FOUND,
             PaymentsError::Refused(_)
             | PaymentsError::InsufficientFunds { .. }
-            | PaymentsError::OpenPending { .. } => StatusCode::CONFLICT,
+            | PaymentsError::OpenPending { .. }
+            | PaymentsError::ChannelUnusable { .. }
+            | PaymentsError::NewcomerShare { .. } => StatusCode::CONFLICT,
             PaymentsError::PaymentIdReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             PaymentsError::InvalidPaymentId(_) => StatusCode::BAD_REQUEST,
             PaymentsError::Pending(_) => StatusCode::ACCEPTED,

@@ -43,6 +43,12 @@ struct MessageReason {
     reason: &'static str,
 }
 
+/// The reasons of `zerostate_economic_channel_closes_total`.
+pub const CLOSE_REASONS: [&str; 4] = ["refused", "unanswered", "idle", "drained"];
+
+/// The reasons of `zerostate_economic_escrow_locks_failed_total`.
+pub const LOCK_FAILURES: [&str; 2] = ["unusable_channel", "newcomer_share"];
+
 /// Which party opened a channel, or made a change: this node (`local`) or its peer
 /// (`remote`).
 pub fn party(local: bool) -> &'static str {
@@ -68,6 +74,10 @@ pub struct PaymentMetrics {
     refunds: Family<ReasonLabels, Counter>,
     refused: Family<MessageReason, Counter>,
     wallet: Gauge,
+    closes: Family<ReasonLabels, Counter>,
+    locks_failed: Family<ReasonLabels, Counter>,
+    newcomer_credit: Gauge,
+    unusable: Gauge,
     series: CappedKeys<ChannelId>,
 }
 
@@ -96,6 +106,10 @@ impl PaymentMetrics {
             refunds: Family::default(),
             refused: Family::default(),
             wallet: Gauge::default(),
+            closes: Family::default(),
+            locks_failed: Family::default(),
+            newcomer_credit: Gauge::default(),
+            unusable: Gauge::default(),
             series: CappedKeys::new(
                 max_channel_series,
                 labels.for_label("channel_id", max_channel_series),
@@ -177,6 +191,26 @@ impl PaymentMetrics {
             "Credit this node can still commit to channels",
             m.wallet.clone(),
         );
+        e.register(
+            "channel_closes",
+            "Closes this node started on its own, by reason (refused: the peer refused one of its states; unanswered: the peer did not answer them; idle: no new state for payments.idle_close_secs; drained: a channel it opened holds no lock and less than one of the prices it was funded for)",
+            m.closes.clone(),
+        );
+        e.register(
+            "escrow_locks_failed",
+            "Escrow locks failed before any state was sent, by reason (unusable_channel: a channel with the peer is unusable and closing; newcomer_share: a new channel would put more than payments.newcomer_share_percent of the credit with peers that never completed a task)",
+            m.locks_failed.clone(),
+        );
+        e.register(
+            "newcomer_credit",
+            "Credit this node holds in unsettled channels with peers that never completed a task for it",
+            m.newcomer_credit.clone(),
+        );
+        e.register(
+            "channels_unusable",
+            "Unsettled channels whose peer refused or did not answer this node's states (closing, or waiting for a release to close)",
+            m.unusable.clone(),
+        );
         registry.sub_registry_with_prefix("payments").register(
             "messages_refused",
             "Channel messages this node refused, by message (open, update, close: requests; frame: an undecodable request; evidence: dispute gossip; countersig, dispute: answers to its own requests) and reason",
@@ -194,6 +228,12 @@ impl PaymentMetrics {
         }
         for reason in ["failed", "timeout", "expired", "settled"] {
             let _ = m.refunds.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in CLOSE_REASONS {
+            let _ = m.closes.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in LOCK_FAILURES {
+            let _ = m.locks_failed.get_or_create(&ReasonLabels { reason });
         }
         m
     }
@@ -315,6 +355,26 @@ impl PaymentMetrics {
     /// The wallet's available credit.
     pub fn wallet(&self, available: u64) {
         self.wallet.set(available.min(i64::MAX as u64) as i64);
+    }
+
+    /// This node started closing a channel on its own, for `reason` (one of
+    /// [`CLOSE_REASONS`]).
+    pub fn closed_by_us(&self, reason: &'static str) {
+        self.closes.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// An escrow lock failed here, for `reason` (one of [`LOCK_FAILURES`]).
+    pub fn lock_failed(&self, reason: &'static str) {
+        self.locks_failed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Credit in channels with newcomers, and the number of unusable channels.
+    pub fn exposure(&self, newcomer_credit: u64, unusable: usize) {
+        self.newcomer_credit
+            .set(newcomer_credit.min(i64::MAX as u64) as i64);
+        self.unusable.set(unusable as i64);
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod channel;
 mod escrow_book;
+pub mod exposure;
 mod metrics;
 pub mod payment_ids;
 pub mod record;
@@ -37,9 +38,19 @@ use wire::{ChannelError, ChannelId};
 pub struct PaymentsConfig {
     /// The wallet's credit on the node's first start (later starts keep the ledger's).
     pub initial_credit: u64,
-    /// Deposit of a channel the node opens by itself to lock a task's escrow (at least the
-    /// price).
+    /// Most a channel the node opens by itself to lock a task's escrow holds (it is funded
+    /// with `escrow_channel_prices` times the price, at least the price, at most this).
     pub channel_deposit: u64,
+    /// A channel the node opens to lock a task's escrow is funded for this many locks of
+    /// that task's price (capped by `channel_deposit`).
+    pub escrow_channel_prices: u64,
+    /// A channel with no new state for this long (and no lock still running) is closed:
+    /// cooperatively, or unilaterally if the peer does not sign the final state, in seconds.
+    pub idle_close_secs: u64,
+    /// Most of the node's credit (in percent of its wallet plus what it holds in channels)
+    /// that sits in channels it opened with peers that never completed a task for it (none of its
+    /// escrows to them was released); an escrow lock that would need more fails.
+    pub newcomer_share_percent: u64,
     /// Most this node puts into a channel that a peer opens and asks a deposit of it.
     pub max_counterparty_deposit: u64,
     /// Challenge window of a unilateral close, in seconds: the other party may dispute it
@@ -62,6 +73,9 @@ impl Default for PaymentsConfig {
         Self {
             initial_credit: 1_000_000,
             channel_deposit: 100_000,
+            escrow_channel_prices: 4,
+            idle_close_secs: 900,
+            newcomer_share_percent: 5,
             max_counterparty_deposit: 0,
             challenge_secs: 60,
             vanished_close_secs: 600,
@@ -79,6 +93,15 @@ impl PaymentsConfig {
         let max = wire::MAX_AMOUNT;
         in_range("payments.initial_credit", self.initial_credit, 0..=max)?;
         in_range("payments.channel_deposit", self.channel_deposit, 1..=max)?;
+        let prices = self.escrow_channel_prices;
+        in_range("payments.escrow_channel_prices", prices, 1..=1_000)?;
+        in_range(
+            "payments.idle_close_secs",
+            self.idle_close_secs,
+            1..=604_800,
+        )?;
+        let share = self.newcomer_share_percent;
+        in_range("payments.newcomer_share_percent", share, 1..=100)?;
         let most = self.max_counterparty_deposit;
         in_range("payments.max_counterparty_deposit", most, 0..=max)?;
         in_range("payments.challenge_secs", self.challenge_secs, 1..=86_400)?;
@@ -158,6 +181,62 @@ pub enum PaymentsError {
     /// The payment id is not acceptable.
     #[error(transparent)]
     InvalidPaymentId(#[from] PaymentIdError),
+    /// A channel with this peer is unusable (it refused or ignored our states) and is being
+    /// closed: no lock goes to the peer, and no new channel is opened with it, until that
+    /// channel has settled.
+    #[error(
+        "channel {channel} with this peer is unusable (the peer {reason}) and is being closed; no escrow goes to this peer until it settles"
+    )]
+    ChannelUnusable {
+        /// The unusable channel.
+        channel: ChannelId,
+        /// What the peer did.
+        reason: Unusable,
+    },
+    /// The lock needs a new channel with a peer that never completed a task for this node,
+    /// and funding it would put more than `payments.newcomer_share_percent` of the credit in
+    /// channels with such peers.
+    #[error(
+        "newcomer_share: a channel for this lock needs {requested}, but channels with peers that never completed a task for this node already hold {parked} of the {limit} allowed (payments.newcomer_share_percent)"
+    )]
+    NewcomerShare {
+        /// What channels with such peers hold now.
+        parked: u64,
+        /// The most they may hold.
+        limit: u64,
+        /// What the lock needed (at least its amount).
+        requested: u64,
+    },
+}
+
+/// Why a channel is unusable: what its peer did to our states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// The peer refused one of our states (other than a retryable `busy` or `stale`, or a
+    /// refund it holds not yet expired).
+    Refused,
+    /// The peer did not answer our states (failed sends in a row, or no countersignature
+    /// within twice `payments.ack_timeout_ms`).
+    Unanswered,
+}
+
+impl Unusable {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Unanswered => "unanswered",
+        }
+    }
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Refused => "refused our state",
+            Self::Unanswered => "did not answer our state",
+        })
+    }
 }
 
 impl From<crate::actor::Stopped> for PaymentsError {

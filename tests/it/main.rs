@@ -4,6 +4,7 @@
 
 mod common;
 
+mod attack_channels;
 mod attack_flood;
 mod attack_requesters;
 mod attack_winners;

@@ -48,6 +48,7 @@ async fn still_connected(p2p: &P2pHandle, winner: libp2p::PeerId) -> bool {
 fn escrow_failed_ours(e: &PaymentsError) -> bool {
     match e {
         PaymentsError::Refused(_) | PaymentsError::Pending(_) => false,
+        PaymentsError::ChannelUnusable { .. } => false,
         PaymentsError::Channel(_)
         | PaymentsError::InsufficientFunds { .. }
         | PaymentsError::UnknownChannel
@@ -56,7 +57,8 @@ fn escrow_failed_ours(e: &PaymentsError) -> bool {
         | PaymentsError::Busy
         // The market's own locks carry no payment id and never open twice by request.
         | PaymentsError::PaymentIdReused { .. }
-        | PaymentsError::InvalidPaymentId(_) => true,
+        | PaymentsError::InvalidPaymentId(_)
+        | PaymentsError::NewcomerShare { .. } => true,
         // Our earlier open to the winner still waits for its countersignature (the lock's
         // caller looks whether the winner is connected before blaming it).
         PaymentsError::OpenPending { .. } => false,

@@ -134,6 +134,22 @@ impl PaymentsActor {
         }
     }
 
+    /// The node's credit (its wallet and what it would get back from every unsettled
+    /// channel), and the part of it parked in channels it opened with peers that never
+    /// completed a task for it (what it earned in channels peers opened is not parked).
+    pub(super) fn credit(&self) -> (u64, u64) {
+        let mut total = self.wallet.available;
+        let mut newcomers = 0u64;
+        for e in self.unsettled() {
+            let ours = e.channel.payout();
+            total = total.saturating_add(ours);
+            if e.channel.local == Side::A && !self.completed.contains(&e.channel.peer()) {
+                newcomers = newcomers.saturating_add(ours);
+            }
+        }
+        (total, newcomers)
+    }
+
     pub(super) fn holder(&self, peer: &PeerId, escrow: &EscrowId) -> Option<ChannelId> {
         self.channels
             .values()
@@ -189,13 +205,28 @@ impl PaymentsActor {
         kind: &'static str,
         reply: LockReply,
     ) {
+        // A peer that refused or ignored our states gets nothing more, and no new channel,
+        // until the channel it made unusable has settled: the lock fails at once.
+        if let Some(e) = self
+            .unsettled()
+            .find(|e| e.channel.peer() == peer && e.unusable.is_some())
+        {
+            let error = PaymentsError::ChannelUnusable {
+                channel: e.channel.id(),
+                reason: e.unusable.expect("checked"),
+            };
+            self.metrics.lock_failed("unusable_channel");
+            let _ = reply.send(Err(error));
+            return;
+        }
         let found = self
             .channels
             .values()
             .filter(|e| {
                 e.channel.peer() == peer
                     && matches!(e.channel.status, Status::Open | Status::Opening)
-                    && e.stalls < 3
+                    && e.stalls < UNUSABLE_STALLS
+                    && e.close_requested.is_none()
                     && e.queue.len() < MAX_QUEUED
                     && e.spendable() >= amount
             })
@@ -204,20 +235,36 @@ impl PaymentsActor {
         let id = match found {
             Some(id) => id,
             None => {
-                let deposit = self.config.channel_deposit.max(amount);
-                let deposit = if deposit > self.wallet.available {
-                    self.wallet.available
-                } else {
-                    deposit
+                let (total, newcomers) = self.credit();
+                let limit = exposure::newcomer_limit(total, self.config.newcomer_share_percent);
+                let room =
+                    (!self.completed.contains(&peer)).then(|| limit.saturating_sub(newcomers));
+                let deposit = match exposure::escrow_deposit(
+                    amount,
+                    self.config.escrow_channel_prices,
+                    self.config.channel_deposit,
+                    self.wallet.available,
+                    room,
+                ) {
+                    Ok(deposit) => deposit,
+                    Err(exposure::Shortfall::Wallet) => {
+                        let _ = reply.send(Err(PaymentsError::InsufficientFunds {
+                            place: Funds::Wallet,
+                            available: self.wallet.available,
+                            requested: amount,
+                        }));
+                        return;
+                    }
+                    Err(exposure::Shortfall::NewcomerShare) => {
+                        self.metrics.lock_failed("newcomer_share");
+                        let _ = reply.send(Err(PaymentsError::NewcomerShare {
+                            parked: newcomers,
+                            limit,
+                            requested: amount,
+                        }));
+                        return;
+                    }
                 };
-                if deposit < amount {
-                    let _ = reply.send(Err(PaymentsError::InsufficientFunds {
-                        place: Funds::Wallet,
-                        available: self.wallet.available,
-                        requested: amount,
-                    }));
-                    return;
-                }
                 match self.open(peer, deposit, 0) {
                     Ok(id) => id,
                     Err(e) => {
@@ -319,6 +366,7 @@ impl PaymentsActor {
                     }
                     e.waiting = waiters;
                     e.proposed_at = Instant::now();
+                    e.last_change = e.proposed_at;
                     e.retry_at = None;
                     self.dirty.push(id);
                     self.after.push(After::Send(id));

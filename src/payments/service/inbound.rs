@@ -95,6 +95,7 @@ impl PaymentsActor {
                     Ok(Received::Repeat(sig)) => Ok((Response::Countersig(sig), highest)),
                     Ok(Received::New { sig, op }) => {
                         e.last_heard = Instant::now();
+                        e.last_change = e.last_heard;
                         let highest = e.channel.highest_signed;
                         self.on_applied(id, &op, false, 0.0, &prev);
                         self.touch(id);

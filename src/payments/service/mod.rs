@@ -19,6 +19,7 @@ mod ids;
 mod inbound;
 mod outbound;
 mod timers;
+mod upkeep;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::channel::{Channel, CloseAnswer, Op, Received, Settlement, Status};
 use super::escrow_book::EscrowBook;
+use super::exposure;
 use super::metrics::PaymentMetrics;
 use super::payment_ids::{MAX_PAYMENT_IDS, Paid, PaymentId, PaymentIds};
 use super::record::{self, Wallet};
@@ -40,7 +42,7 @@ use super::view::{ChannelPage, ChannelView, PaymentKind, PaymentStatus, PaymentV
 use super::wire::{
     ChannelError, ChannelId, DISPUTES_TOPIC, EscrowId, Evidence, Request, Response, Side, State,
 };
-use super::{Funds, PaymentsConfig, PaymentsError};
+use super::{Funds, PaymentsConfig, PaymentsError, Unusable};
 use crate::clock::now_ms;
 use crate::ledger::{Ledger, LedgerError, Loaded, Write};
 use crate::p2p::{
@@ -65,6 +67,8 @@ const KEPT_SETTLED: usize = 1024;
 const CONVICTIONS: usize = 4096;
 /// How long an unanswered open waits before its deposit goes back to the wallet.
 const OPEN_GIVE_UP: Duration = Duration::from_secs(30);
+/// Failed sends in a row (or answers without progress) after which a channel is unusable.
+const UNUSABLE_STALLS: u32 = 3;
 
 type ViewReply = oneshot::Sender<Result<ChannelView, PaymentsError>>;
 type LockReply = oneshot::Sender<Result<(), PaymentsError>>;
@@ -200,6 +204,13 @@ struct Entry {
     closing_sent: bool,
     /// Answers in a row that made no progress (refusals to retry, transport errors).
     stalls: u32,
+    /// The peer refused or ignored our states: no lock goes here, none to the peer until
+    /// this channel settles, and it is closed unilaterally.
+    unusable: Option<Unusable>,
+    /// When a state was last proposed or became binding here (idle channels are closed).
+    last_change: Instant,
+    /// When this node started closing the channel because it was idle.
+    idle_close: Option<Instant>,
 }
 
 impl Entry {
@@ -217,6 +228,9 @@ impl Entry {
             kinds: HashMap::new(),
             refund_reasons: HashMap::new(),
             closing_sent: false,
+            unusable: None,
+            last_change: Instant::now(),
+            idle_close: None,
             stalls: 0,
         }
     }
@@ -339,6 +353,9 @@ pub struct PaymentsActor {
     /// Every channel id this node ever held (settled ones leave memory, not this set): an id
     /// is never opened twice.
     known: HashSet<ChannelId>,
+    /// Peers that completed a task for this node: an escrow of ours to them was released.
+    /// Channels with other peers hold at most `newcomer_share_percent` of the credit.
+    completed: HashSet<PeerId>,
     dirty: Vec<ChannelId>,
     wallet_dirty: bool,
     /// A channel settled in this batch (settled ones beyond the kept number leave memory).
@@ -381,11 +398,15 @@ impl PaymentsService {
         };
         let mut channels = HashMap::new();
         let mut known = HashSet::new();
+        let mut completed = HashSet::new();
         for bytes in &loaded.channels {
             match record::decode(bytes) {
                 Ok(c) => {
                     escrows.sync(&c);
                     known.insert(c.id());
+                    if released_to_peer(&c) {
+                        completed.insert(c.peer());
+                    }
                     channels.insert(c.id(), Entry::new(c));
                 }
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable channel record"),
@@ -409,6 +430,7 @@ impl PaymentsService {
             convicted: LruCache::new(std::num::NonZeroUsize::new(CONVICTIONS).expect("nonzero")),
             payment_ids: PaymentIds::load(MAX_PAYMENT_IDS, &loaded.payment_ids),
             known,
+            completed,
             dirty: Vec::new(),
             wallet_dirty,
             settled_any: false,
@@ -434,6 +456,17 @@ impl PaymentsService {
         };
         (handle, actor, req_tx, gossip_tx)
     }
+}
+
+/// Whether the channel's history shows an escrow of ours released to the peer, as far as the
+/// record tells: a channel we opened without a deposit of the peer's, with a release in it
+/// (the peer had nothing to lock with but what we paid it).
+fn released_to_peer(c: &Channel) -> bool {
+    c.local == Side::A
+        && c.latest.state.deposit_b == 0
+        && c.resolved
+            .iter()
+            .any(|(_, o)| *o == super::channel::Outcome::Released)
 }
 
 /// Sends `frame` to `peer` (finding and connecting it first) and decodes the answer.
@@ -604,6 +637,9 @@ impl PaymentsActor {
         for ((state, opener), n) in counts {
             self.metrics.set_active(state, opener, n);
         }
+        let (_, newcomers) = self.credit();
+        let unusable = self.unsettled().filter(|e| e.unusable.is_some()).count();
+        self.metrics.exposure(newcomers, unusable);
     }
 
     fn unsettled(&self) -> impl Iterator<Item = &Entry> {

@@ -89,6 +89,7 @@ impl PaymentsActor {
                 Ok(op) => {
                     e.stalls = 0;
                     e.last_heard = Instant::now();
+                    e.last_change = e.last_heard;
                     let took = e.proposed_at.elapsed().as_secs_f64();
                     let waiters = std::mem::take(&mut e.waiting);
                     match op {
@@ -149,6 +150,17 @@ impl PaymentsActor {
                             // side on what we hold, through a close it can still dispute.
                             tracing::warn!(channel = %id, reason, "the peer no longer holds the channel open; closing");
                             let _ = self.close_unilaterally(id);
+                        } else if matches!(op, Some(Op::Close)) {
+                            // A final state refused: an idle close goes on unilaterally; one
+                            // asked for by the API is the caller's to decide.
+                            if e.idle_close.is_some() {
+                                let _ = self.close_unilaterally(id);
+                            }
+                        } else if reason != ChannelError::NotExpired.label() {
+                            // Refused for good (a refund refused as not yet expired is a
+                            // clock apart, tried again later): the peer holds the channel
+                            // hostage.
+                            self.unusable(id, Unusable::Refused);
                         }
                     }
                 }
@@ -250,6 +262,8 @@ impl PaymentsActor {
                 self.metrics.escrow_created(kind, *amount);
             }
             Op::Release(escrow) if ours => {
+                // The peer completed a task for us: no longer a newcomer.
+                self.completed.insert(e.channel.peer());
                 e.channel.release_intents.retain(|r| r != escrow);
                 let amount = lock_of(escrow).map_or(0, |l| l.amount);
                 self.metrics.escrow_released("verified");

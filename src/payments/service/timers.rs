@@ -32,6 +32,15 @@ impl PaymentsActor {
                 self.abandon_open(id, "the peer did not answer the open");
                 continue;
             }
+            self.check_unanswered(id, now);
+            self.close_unusable(id);
+            self.close_if_idle(id, now, now_ms);
+            let Some(e) = self.channels.get_mut(&id) else {
+                continue;
+            };
+            if !matches!(e.channel.status, Status::Open | Status::Opening) {
+                continue;
+            }
             // Vanished: no progress from the peer for `vanished_close_secs`, counted from when
             // we started waiting on it (a proposal made, one of our locks expired), not from
             // its last progress: a channel idle for a while is not closed by its next payment.
