@@ -48,7 +48,6 @@ async fn still_connected(p2p: &P2pHandle, winner: libp2p::PeerId) -> bool {
 fn escrow_failed_ours(e: &PaymentsError) -> bool {
     match e {
         PaymentsError::Refused(_) | PaymentsError::Pending(_) => false,
-        PaymentsError::ChannelUnusable { .. } => false,
         PaymentsError::Channel(_)
         | PaymentsError::InsufficientFunds { .. }
         | PaymentsError::UnknownChannel
@@ -58,7 +57,12 @@ fn escrow_failed_ours(e: &PaymentsError) -> bool {
         // The market's own locks carry no payment id and never open twice by request.
         | PaymentsError::PaymentIdReused { .. }
         | PaymentsError::InvalidPaymentId(_)
-        | PaymentsError::NewcomerShare { .. } => true,
+        | PaymentsError::NewcomerShare { .. }
+        // Our channel with the winner is being closed after an earlier failure, which was
+        // judged when it happened (a refusal, silence, or a partition): the lock fails on
+        // our side without asking the winner, and blaming it again would count a partition
+        // twice.
+        | PaymentsError::ChannelUnusable { .. } => true,
         // Our earlier open to the winner still waits for its countersignature (the lock's
         // caller looks whether the winner is connected before blaming it).
         PaymentsError::OpenPending { .. } => false,
@@ -170,6 +174,19 @@ impl MarketActor {
                 Ok(Ok(())) => None,
                 // Not countersigned in time: silence on a live connection is the winner's
                 // doing; a winner we cannot reach gets a strike.
+                // Our channel with the winner is being closed after failed sends: a winner
+                // we cannot reach gets a strike; one we can was judged when the channel
+                // failed, so the lock fails on our side (see `escrow_failed_ours`).
+                Ok(Err(e @ PaymentsError::ChannelUnusable { .. })) => {
+                    if still_connected(&p2p, winner).await {
+                        Some((AttemptError::EscrowFailed { ours: true }, e.to_string()))
+                    } else {
+                        Some((
+                            AttemptError::Unreachable { connected: false },
+                            "the winner could not be reached with the lock".to_owned(),
+                        ))
+                    }
+                }
                 Ok(Err(PaymentsError::Pending(_) | PaymentsError::OpenPending { .. })) | Err(_) => {
                     if still_connected(&p2p, winner).await {
                         Some((
