@@ -11,21 +11,21 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::PeerId;
+use libp2p::gossipsub::{self};
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+use libp2p::request_response::{self};
+use libp2p::swarm::SwarmEvent;
 use zerostate::market::wire::{
     self, AUCTIONS_TOPIC, Announcement, AuctionType, Bid, Request, open, sign,
 };
 use zerostate::market::{TaskStatus, TaskView};
-use zerostate::p2p::{CHANNEL_PROTOCOL, MARKET_PROTOCOL};
 use zerostate::payments::wire::{self as channel_wire, ChannelError};
 use zerostate::{Config, NodeHandle};
 
 use crate::common::*;
 use crate::market::{finished, market_config, pow, sum_where};
+use crate::market_hostile::RawMarketBehaviourEvent;
 
 /// The requester's credit.
 const CREDIT: u64 = 50_000;
@@ -39,13 +39,6 @@ const PRICES: u64 = 4;
 const CHALLENGE_SECS: u64 = 3;
 /// The requester's idle close time in the test (s).
 const IDLE_SECS: u64 = 5;
-
-#[derive(NetworkBehaviour)]
-struct HostageBehaviour {
-    gossipsub: gossipsub::Behaviour,
-    market: request_response::Behaviour<RawCodec>,
-    channel: request_response::Behaviour<RawCodec>,
-}
 
 /// A hostile identity: bids `HOSTAGE_PRICE` on every auction of `requester`, accepts any
 /// award, countersigns a channel open and refuses every update and close (or, `silent`,
@@ -69,62 +62,13 @@ impl Hostage {
 
     async fn spawn_with(targets: &[&NodeHandle], requester: PeerId, silent: bool) -> Self {
         let key = Keypair::generate_ed25519();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| HostageBehaviour {
-                gossipsub: gossipsub::Behaviour::new(
-                    MessageAuthenticity::Signed(key.clone()),
-                    gossipsub::ConfigBuilder::default()
-                        .heartbeat_interval(Duration::from_millis(200))
-                        .max_transmit_size(64 * 1024)
-                        .build()
-                        .unwrap(),
-                )
-                .unwrap(),
-                market: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(MARKET_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                ),
-                channel: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                ),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
-        for topic in zerostate::p2p::TOPICS {
-            swarm
-                .behaviour_mut()
-                .gossipsub
-                .subscribe(&IdentTopic::new(*topic))
-                .unwrap();
-        }
-        for node in targets {
-            let addr: Multiaddr = node.p2p().status().listen_addrs[0].clone();
-            swarm
-                .dial(
-                    libp2p::swarm::dial_opts::DialOpts::peer_id(node.peer_id())
-                        .addresses(vec![addr])
-                        .allocate_new_port()
-                        .build(),
-                )
-                .unwrap();
-        }
+        let mut swarm = crate::market_hostile::market_swarm(&key, targets);
         let id = *swarm.local_peer_id();
         let task = tokio::spawn(async move {
             let mut unanswered = Vec::new();
             loop {
                 match swarm.select_next_some().await {
-                    SwarmEvent::Behaviour(HostageBehaviourEvent::Gossipsub(
+                    SwarmEvent::Behaviour(RawMarketBehaviourEvent::Gossipsub(
                         gossipsub::Event::Message { message, .. },
                     )) => {
                         if message.topic.as_str() != AUCTIONS_TOPIC {
@@ -147,7 +91,7 @@ impl Hostage {
                         let frame = Request::Bid(sign(&key, bid).bytes).encode();
                         swarm.behaviour_mut().market.send_request(&requester, frame);
                     }
-                    SwarmEvent::Behaviour(HostageBehaviourEvent::Market(
+                    SwarmEvent::Behaviour(RawMarketBehaviourEvent::Market(
                         request_response::Event::Message {
                             message: request_response::Message::Request { channel, .. },
                             ..
@@ -159,7 +103,7 @@ impl Hostage {
                             .market
                             .send_response(channel, wire::encode_response(Ok(())));
                     }
-                    SwarmEvent::Behaviour(HostageBehaviourEvent::Channel(
+                    SwarmEvent::Behaviour(RawMarketBehaviourEvent::Channel(
                         request_response::Event::Message {
                             message:
                                 request_response::Message::Request {

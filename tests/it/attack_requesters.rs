@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::PeerId;
+use libp2p::gossipsub::IdentTopic;
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+use libp2p::request_response::{self};
+use libp2p::swarm::SwarmEvent;
 use tokio::sync::{mpsc, oneshot};
 use zerostate::NodeHandle;
 use zerostate::market::wire::{
@@ -22,19 +22,12 @@ use zerostate::market::wire::{
     Signed, TaskResult, TaskSpec, now_ms, open, sign,
 };
 use zerostate::market::{TaskStatus, escrow_id};
-use zerostate::p2p::{CHANNEL_PROTOCOL, MARKET_PROTOCOL};
 use zerostate::payments::channel::{Channel, Op};
 use zerostate::payments::wire::{self as channel_wire, ChannelId, EscrowId};
 
 use crate::common::*;
 use crate::market::{market_config, pow, sum_where};
-
-#[derive(NetworkBehaviour)]
-struct HostileBehaviour {
-    gossipsub: gossipsub::Behaviour,
-    market: request_response::Behaviour<RawCodec>,
-    channel: request_response::Behaviour<RawCodec>,
-}
+use crate::market_hostile::RawMarketBehaviourEvent;
 
 enum Cmd {
     Publish(&'static str, Vec<u8>),
@@ -63,58 +56,7 @@ impl Drop for Hostile {
 impl Hostile {
     async fn spawn(targets: &[&NodeHandle], refuse_bids: bool) -> Self {
         let key = Keypair::generate_ed25519();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| HostileBehaviour {
-                gossipsub: gossipsub::Behaviour::new(
-                    MessageAuthenticity::Signed(key.clone()),
-                    gossipsub::ConfigBuilder::default()
-                        .heartbeat_interval(Duration::from_millis(200))
-                        .max_transmit_size(64 * 1024)
-                        .build()
-                        .unwrap(),
-                )
-                .unwrap(),
-                market: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(MARKET_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(20)),
-                ),
-                channel: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(20)),
-                ),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
-        for topic in zerostate::p2p::TOPICS {
-            swarm
-                .behaviour_mut()
-                .gossipsub
-                .subscribe(&IdentTopic::new(*topic))
-                .unwrap();
-        }
-        for node in targets {
-            let addr: Multiaddr = node.p2p().status().listen_addrs[0].clone();
-            swarm
-                .dial(
-                    libp2p::swarm::dial_opts::DialOpts::peer_id(node.peer_id())
-                        .addresses(vec![addr])
-                        .allocate_new_port()
-                        .build(),
-                )
-                .unwrap();
-        }
+        let mut swarm = crate::market_hostile::market_swarm(&key, targets);
         let id = *swarm.local_peer_id();
         let (cmds, mut rx) = mpsc::channel(256);
         let (req_tx, requests) = mpsc::channel(4096);
@@ -141,7 +83,7 @@ impl Hostile {
                         None => return,
                     },
                     event = swarm.select_next_some() => match event {
-                        SwarmEvent::Behaviour(HostileBehaviourEvent::Market(e)) => match e {
+                        SwarmEvent::Behaviour(RawMarketBehaviourEvent::Market(e)) => match e {
                             request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } => {
                                 let answer = match Request::decode(&request) {
                                     Ok(Request::Bid(_)) => {
@@ -166,7 +108,7 @@ impl Hostile {
                             }
                             _ => {}
                         },
-                        SwarmEvent::Behaviour(HostileBehaviourEvent::Channel(e)) => match e {
+                        SwarmEvent::Behaviour(RawMarketBehaviourEvent::Channel(e)) => match e {
                             request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. } => {
                                 let answer = match channel_wire::Request::decode(&request) {
                                     Ok(channel_wire::Request::Open(p) | channel_wire::Request::Update(p)) => {

@@ -8,27 +8,20 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::PeerId;
+use libp2p::gossipsub::{self};
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+use libp2p::request_response::{self};
+use libp2p::swarm::SwarmEvent;
 use zerostate::market::wire::{
     AUCTIONS_TOPIC, Announcement, AuctionId, AuctionType, Bid, Request, open, sign,
 };
 use zerostate::market::{PeerReputation, TaskStatus};
-use zerostate::p2p::{CHANNEL_PROTOCOL, MARKET_PROTOCOL};
 use zerostate::{Config, NodeHandle};
 
 use crate::common::*;
 use crate::market::{finished, pow};
-
-#[derive(NetworkBehaviour)]
-struct FakeBehaviour {
-    gossipsub: gossipsub::Behaviour,
-    market: request_response::Behaviour<RawCodec>,
-    channel: request_response::Behaviour<RawCodec>,
-}
+use crate::market_hostile::RawMarketBehaviourEvent;
 
 /// A fresh identity that bids 1 on every auction it hears of and never answers anything sent
 /// to it (channel opens, locks, awards): it holds the streams until they time out.
@@ -46,57 +39,7 @@ impl Drop for FakeWinner {
 impl FakeWinner {
     fn spawn(targets: &[&NodeHandle]) -> Self {
         let key = Keypair::generate_ed25519();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| FakeBehaviour {
-                gossipsub: gossipsub::Behaviour::new(
-                    MessageAuthenticity::Signed(key.clone()),
-                    gossipsub::ConfigBuilder::default()
-                        .heartbeat_interval(Duration::from_millis(200))
-                        .max_transmit_size(64 * 1024)
-                        .build()
-                        .unwrap(),
-                )
-                .unwrap(),
-                market: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(MARKET_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60)),
-                ),
-                channel: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60)),
-                ),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
-        for topic in zerostate::p2p::TOPICS {
-            swarm
-                .behaviour_mut()
-                .gossipsub
-                .subscribe(&IdentTopic::new(*topic))
-                .unwrap();
-        }
-        for node in targets {
-            let addr: Multiaddr = node.p2p().status().listen_addrs[0].clone();
-            swarm
-                .dial(
-                    libp2p::swarm::dial_opts::DialOpts::peer_id(node.peer_id())
-                        .addresses(vec![addr])
-                        .build(),
-                )
-                .unwrap();
-        }
+        let mut swarm = crate::market_hostile::market_swarm(&key, targets);
         let id = *swarm.local_peer_id();
         let task = tokio::spawn(async move {
             // Held, never answered: the node waits for an answer that does not come.
@@ -104,7 +47,7 @@ impl FakeWinner {
             let mut held_channel = Vec::new();
             loop {
                 match swarm.select_next_some().await {
-                    SwarmEvent::Behaviour(FakeBehaviourEvent::Gossipsub(
+                    SwarmEvent::Behaviour(RawMarketBehaviourEvent::Gossipsub(
                         gossipsub::Event::Message { message, .. },
                     )) if message.topic.as_str() == AUCTIONS_TOPIC => {
                         let Ok(a) = open::<Announcement>(&message.data) else {
@@ -126,13 +69,13 @@ impl FakeWinner {
                             .market
                             .send_request(&a.body.requester, frame);
                     }
-                    SwarmEvent::Behaviour(FakeBehaviourEvent::Market(
+                    SwarmEvent::Behaviour(RawMarketBehaviourEvent::Market(
                         request_response::Event::Message {
                             message: request_response::Message::Request { channel, .. },
                             ..
                         },
                     )) => held_market.push(channel),
-                    SwarmEvent::Behaviour(FakeBehaviourEvent::Channel(
+                    SwarmEvent::Behaviour(RawMarketBehaviourEvent::Channel(
                         request_response::Event::Message {
                             message: request_response::Message::Request { channel, .. },
                             ..

@@ -28,9 +28,69 @@ use crate::market::{market_config, pow, sum_where};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct RawMarketBehaviour {
-    gossipsub: gossipsub::Behaviour,
-    market: request_response::Behaviour<RawCodec>,
-    channel: request_response::Behaviour<RawCodec>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) market: request_response::Behaviour<RawCodec>,
+    pub(crate) channel: request_response::Behaviour<RawCodec>,
+}
+
+/// A raw swarm with a new identity (`key`) that speaks gossipsub (subscribed to every market
+/// topic) and the market and channel protocols, dialing each of `targets`: the peer every
+/// hostile market test plays.
+pub(crate) fn market_swarm(
+    key: &Keypair,
+    targets: &[&NodeHandle],
+) -> libp2p::Swarm<RawMarketBehaviour> {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| RawMarketBehaviour {
+            gossipsub: gossipsub::Behaviour::new(
+                MessageAuthenticity::Signed(key.clone()),
+                gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(200))
+                    .max_transmit_size(64 * 1024)
+                    .build()
+                    .unwrap(),
+            )
+            .unwrap(),
+            market: request_response::Behaviour::with_codec(
+                RawCodec,
+                [(MARKET_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+            ),
+            channel: request_response::Behaviour::with_codec(
+                RawCodec,
+                [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+            ),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    for topic in zerostate::p2p::TOPICS {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&IdentTopic::new(*topic))
+            .unwrap();
+    }
+    for node in targets {
+        let addr: Multiaddr = node.p2p().status().listen_addrs[0].clone();
+        swarm
+            .dial(
+                libp2p::swarm::dial_opts::DialOpts::peer_id(node.peer_id())
+                    .addresses(vec![addr])
+                    .allocate_new_port()
+                    .build(),
+            )
+            .unwrap();
+    }
+    swarm
 }
 
 enum Cmd {
@@ -65,58 +125,7 @@ impl RawMarket {
     /// Like [`RawMarket::spawn`]; with `refuse_awards`, every award is answered `not_winner`.
     async fn spawn_with(targets: &[&NodeHandle], refuse_awards: bool) -> Self {
         let key = Keypair::generate_ed25519();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| RawMarketBehaviour {
-                gossipsub: gossipsub::Behaviour::new(
-                    MessageAuthenticity::Signed(key.clone()),
-                    gossipsub::ConfigBuilder::default()
-                        .heartbeat_interval(Duration::from_millis(200))
-                        .max_transmit_size(64 * 1024)
-                        .build()
-                        .unwrap(),
-                )
-                .unwrap(),
-                market: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(MARKET_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(20)),
-                ),
-                channel: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(20)),
-                ),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
-        for topic in zerostate::p2p::TOPICS {
-            swarm
-                .behaviour_mut()
-                .gossipsub
-                .subscribe(&IdentTopic::new(*topic))
-                .unwrap();
-        }
-        for node in targets {
-            let addr: Multiaddr = node.p2p().status().listen_addrs[0].clone();
-            swarm
-                .dial(
-                    libp2p::swarm::dial_opts::DialOpts::peer_id(node.peer_id())
-                        .addresses(vec![addr])
-                        .allocate_new_port()
-                        .build(),
-                )
-                .unwrap();
-        }
+        let mut swarm = crate::market_hostile::market_swarm(&key, targets);
         let id = *swarm.local_peer_id();
         let (cmds, mut rx) = mpsc::channel(64);
         let (req_tx, requests) = mpsc::channel(256);
